@@ -1,0 +1,243 @@
+"""The ``ripple`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ripple.config import ConfigError, Settings, check_hostport, load_settings
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not between 0 and 65535")
+    return port
+
+
+def _hostport(value: str) -> str:
+    try:
+        check_hostport(value, "--bootstrap")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{value} must not be negative")
+        return v
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser, *, bootstrap: bool = True, clickhouse: bool = False,
+            web: bool = False) -> None:
+    p.add_argument("--data-dir", type=Path, help="state and embedded ClickHouse (env RIPPLE_DATA_DIR, default ./.ripple)")
+    if bootstrap:
+        p.add_argument("--bootstrap", type=_hostport, help="Kafka HOST:PORT (env RIPPLE_BOOTSTRAP)")
+    if clickhouse:
+        p.add_argument("--clickhouse", help="ClickHouse DSN: chdb://PATH or http://host:8123 (env RIPPLE_CLICKHOUSE)")
+    if web:
+        p.add_argument("--web-port", type=_port, help="web server port (env RIPPLE_WEB_PORT)")
+    p.add_argument("--partitions", type=int, help="partitions per topic when creating topics (default 8)")
+    p.add_argument("--log-level", choices=("crit", "error", "warn", "info", "debug"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ripple", description="Streaming attribution for creator referral programs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    up = sub.add_parser("up", help="all-in-one: embedded broker, worker, sink, dashboard")
+    _common(up, clickhouse=True, web=True)
+    up.add_argument("--demo", action="store_true", help="also run the simulator")
+    up.add_argument("--demo-rate", type=_positive(float), default=2000.0, help="demo events per second")
+
+    worker = sub.add_parser("worker", help="one Faust stream worker")
+    _common(worker, web=True)
+
+    sink = sub.add_parser("sink", help="the ClickHouse sink")
+    _common(sink, clickhouse=True, web=True)
+
+    sim = sub.add_parser("simulate", help="synthetic storefront traffic with ground truth")
+    sim.add_argument("--bootstrap", type=_hostport, help="send to this Kafka (else only write --out)")
+    sim.add_argument("--data-dir", type=Path, help="read the broker address from a running 'ripple up'")
+    sim.add_argument("--out", type=Path, help="write events.jsonl and ground_truth.json here")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--start", help="first event time, ISO 8601 UTC (default: --days before today)")
+    sim.add_argument("--days", type=_positive(float), default=14.0, help="simulated period")
+    sim.add_argument("--creators", type=_positive(int), default=30)
+    sim.add_argument("--views", type=_positive(int), default=3000, help="content views to simulate")
+    sim.add_argument("--rate", type=_positive(float), default=0.0, help="messages per second (0: as fast as possible)")
+    sim.add_argument("--malformed", type=_positive(float), default=0.01, help="share of malformed messages")
+
+    mig = sub.add_parser("migrate", help="apply deploy/clickhouse DDL")
+    mig.add_argument("--clickhouse", help="ClickHouse DSN (env RIPPLE_CLICKHOUSE)")
+    mig.add_argument("--data-dir", type=Path)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        data_dir=getattr(args, "data_dir", None),
+        bootstrap=getattr(args, "bootstrap", None),
+        clickhouse=getattr(args, "clickhouse", None),
+        web_port=getattr(args, "web_port", None),
+        partitions=getattr(args, "partitions", None),
+        log_level=getattr(args, "log_level", None),
+    )
+
+
+def _logging(level: str) -> None:
+    name = {"crit": "CRITICAL", "warn": "WARNING"}.get(level, level.upper())
+    logging.basicConfig(level=name, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"ripple {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _logging("warn" if args.command == "up" and settings.log_level == "info" else settings.log_level)
+    try:
+        return int(COMMANDS[args.command](args, settings) or 0)
+    except ConfigError as exc:
+        print(f"ripple {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from ripple.broker import BrokerError
+    from ripple.services import AlreadyRunning, Up
+
+    if args.web_port is None and settings.web_port == Settings.web_port:
+        settings = settings.replace(web_port=8080)
+    try:
+        asyncio.run(Up(settings, args.demo, args.demo_rate, sys.stdout).run())
+    except AlreadyRunning as exc:
+        print(f"ripple up: {exc}", file=sys.stderr)
+        return 1
+    except BrokerError as exc:
+        print(f"ripple up: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.bootstrap:
+        raise ConfigError("the worker needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
+    import faust
+    import uvloop
+
+    from streams.app import create_app
+
+    if args.web_port is None:
+        settings = settings.replace(web_port=6066)
+    uvloop.install()
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.bootstrap:
+        raise ConfigError("the sink needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
+    from ripple.services import run_sink
+
+    port = args.web_port if args.web_port is not None else 8081
+    asyncio.run(run_sink(settings, port))
+    return 0
+
+
+def _runtime_bootstrap(settings: Settings) -> str | None:
+    import json
+
+    try:
+        return str(json.loads(settings.runtime_file.read_text())["bootstrap"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from ripple.simulate import SimConfig, generate, produce, write_out
+
+    if args.start:
+        try:
+            start = datetime.fromisoformat(args.start)
+        except ValueError:
+            raise ConfigError(f"--start {args.start!r} is not an ISO 8601 time") from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        start_ms = int(start.timestamp() * 1000)
+    else:
+        today = int(time.time() // 86_400) * 86_400_000
+        start_ms = today - int(args.days * 86_400_000)
+    bootstrap = settings.bootstrap or (None if args.out and not args.data_dir else _runtime_bootstrap(settings))
+    if bootstrap is None and args.out is None:
+        raise ConfigError("nothing to do: give --bootstrap, a --data-dir of a running 'ripple up', or --out")
+    cfg = SimConfig(seed=args.seed, start_ms=start_ms, days=args.days, creators=max(1, args.creators),
+                    views=args.views, malformed_share=args.malformed)
+    ds = generate(cfg)
+    total = len(ds.reference) + len(ds.events)
+    print(f"simulated {total} messages: {len(ds.reference)} reference, {len(ds.events)} events "
+          f"({ds.truth['malformed']} malformed), {len(ds.truth['last_click'])} orders", file=sys.stderr)
+    if args.out:
+        write_out(ds, args.out)
+        print(f"wrote {args.out}/events.jsonl and {args.out}/ground_truth.json", file=sys.stderr)
+    if bootstrap:
+        t0 = time.monotonic()
+        produce(ds.reference, bootstrap)
+        sent = produce(ds.events, bootstrap, rate=args.rate,
+                       progress=lambda n: print(f"\rsent {n}/{len(ds.events)}", end="", file=sys.stderr))
+        dt = time.monotonic() - t0
+        print(f"\rsent {sent + len(ds.reference)} messages to {bootstrap} in {dt:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.clickhouse import ClickHouse
+
+    ch = ClickHouse(settings.clickhouse_dsn)
+    try:
+        applied = ch.migrate()
+    finally:
+        ch.close()
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    return 0
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "worker": cmd_worker,
+    "sink": cmd_sink,
+    "simulate": cmd_simulate,
+    "migrate": cmd_migrate,
+}

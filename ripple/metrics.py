@@ -1,0 +1,60 @@
+"""Prometheus metrics. Base units, no per-creator or per-code labels."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST.split(";")[0]
+
+
+class WorkerMetrics(_Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.messages_in = Counter(
+            "ripple_messages_in_total", "Kafka messages read, by topic", ["topic"], registry=r
+        )
+        self.events_in = Counter(
+            "ripple_events_in_total", "Valid events read, by topic", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "ripple_dead_letters_total", "Invalid events sent to the dead-letter topic", ["topic"], registry=r
+        )
+        self.late_events = Counter(
+            "ripple_late_events_total", "Events more than max_lateness behind stream time", ["topic"], registry=r
+        )
+        self.orders_attributed = Counter(
+            "ripple_orders_attributed_total", "Orders attributed (restatements not counted)", registry=r
+        )
+        self.rows_out = Counter(
+            "ripple_rows_out_total", "Rows sent to output topics", ["topic"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "ripple_batch_seconds",
+            "Time to process one batch of input messages",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+
+
+class SinkMetrics(_Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.rows = Counter("ripple_sink_rows_total", "Rows written to ClickHouse", ["table"], registry=r)
+        self.batches = Counter("ripple_sink_batches_total", "Inserts into ClickHouse", ["table"], registry=r)
+        self.insert_seconds = Histogram(
+            "ripple_sink_insert_seconds",
+            "Time of one ClickHouse insert",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.failures = Counter("ripple_sink_failures_total", "Failed ClickHouse inserts", registry=r)
+        self.lag = Gauge("ripple_sink_lag_messages", "Messages not yet written, by topic", ["topic"], registry=r)

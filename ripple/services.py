@@ -1,0 +1,285 @@
+"""Process entry points: the sink service (sink + web) and the all-in-one ``ripple up``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.config import Settings
+from ripple.metrics import SinkMetrics
+from ripple.web import OffsetMonitor, build_app, serve
+from sinks.clickhouse import ClickHouse
+from sinks.runner import Sink
+
+log = logging.getLogger("ripple")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class DataDirLock:
+    """One ``ripple up`` (or sink owning chDB) per data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "ripple.lock"
+        self.fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise AlreadyRunning(
+                f"Ripple is already running on data dir {self.path.parent} (pid {owner}); "
+                "stop it first or use another --data-dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self.fh = fh
+
+    def release(self) -> None:
+        if self.fh is not None:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+class SinkService:
+    """The sink thread plus the web server, in the current process."""
+
+    def __init__(self, settings: Settings, web_port: int | None) -> None:
+        self.settings = settings
+        self.metrics = SinkMetrics()
+        self.ch = ClickHouse(settings.clickhouse_dsn)
+        self.ch.migrate()
+        self.sink = Sink(settings, self.ch, self.metrics)
+        self.monitor = OffsetMonitor(settings.bootstrap) if settings.bootstrap else None
+        self.web_port = web_port
+        self.thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self.error: BaseException | None = None
+        self.runner: Any = None
+
+    def _run(self) -> None:
+        try:
+            self.sink.run(drain_seconds=3.0)
+        except BaseException as exc:  # reported by the supervisor
+            self.error = exc
+            log.exception("sink stopped with an error")
+
+    async def start(self) -> None:
+        self.thread.start()
+        if self.web_port is not None:
+            app = build_app(self.ch, self.metrics, self.sink.status, self.monitor)
+            self.runner = await serve(app, self.settings.web_host, self.web_port)
+
+    async def stop(self) -> None:
+        self.sink.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 10.0)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.monitor is not None:
+            self.monitor.close()
+        self.ch.close()
+
+
+async def run_sink(settings: Settings, web_port: int | None) -> None:
+    service = SinkService(settings, web_port)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set() and service.thread.is_alive():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    await service.stop()
+    if service.error is not None:
+        raise SystemExit(f"ripple sink: {service.error}")
+
+
+def worker_command(settings: Settings, web_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "ripple", "worker",
+        "--bootstrap", str(settings.bootstrap),
+        "--data-dir", str(settings.data_dir),
+        "--web-port", str(web_port),
+    ]
+
+
+class Up:
+    """``ripple up``: broker, topics, worker, sink, web, and optionally the simulator."""
+
+    def __init__(self, settings: Settings, demo: bool, demo_rate: float, out: IO[str]) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.demo_rate = demo_rate
+        self.out = out
+        self.lock = DataDirLock(settings.data_dir)
+        self.broker: EmbeddedBroker | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.service: SinkService | None = None
+        self.sim_thread: threading.Thread | None = None
+        self.sim_stop = threading.Event()
+        self.sim_sent = 0
+        self.started = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def run(self) -> None:
+        self.lock.acquire()
+        try:
+            await self._run()
+        finally:
+            await self._shutdown()
+            self.lock.release()
+
+    async def _run(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if s.bootstrap is None:
+            self.broker = EmbeddedBroker(s.data_dir / "logs" / "broker.log")
+            self.broker.start()
+            s = self.settings = s.replace(bootstrap=self.broker.bootstrap)
+            self.say(f"broker     embedded Tansu on {s.bootstrap}")
+        else:
+            self.say(f"broker     {s.bootstrap}")
+        assert s.bootstrap is not None
+        created = create_topics(s.bootstrap, s.partitions)
+        self.say(f"topics     {len(created)} created, {s.partitions} partitions each")
+        worker_port = free_port()
+        log_path = s.data_dir / "logs" / "worker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as worker_log:
+            self.worker = subprocess.Popen(
+                worker_command(s, worker_port), stdout=worker_log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.say(f"worker     pid {self.worker.pid}, metrics http://127.0.0.1:{worker_port}/metrics")
+        self.service = SinkService(s, s.web_port)
+        await self.service.start()
+        web = f"http://{s.web_host}:{s.web_port}"
+        self.say(f"clickhouse {s.clickhouse_dsn}")
+        self.say(f"dashboard  {web}/")
+        runtime = {"bootstrap": s.bootstrap, "web": web, "worker_metrics": f"http://127.0.0.1:{worker_port}"}
+        s.runtime_file.write_text(json.dumps(runtime, indent=2) + "\n")
+        if self.demo:
+            self._start_demo()
+        await self._watch()
+
+    def _start_demo(self) -> None:
+        from ripple.simulate import SimConfig, demo_stream, produce
+
+        now_ms = int(time.time() * 1000)
+        cfg = SimConfig(seed=7, start_ms=now_ms - 30 * 86_400_000, days=1.0, views=4000,
+                        run_id=f"demo{now_ms // 1000}", creator_prefix="demo")
+        bootstrap = str(self.settings.bootstrap)
+
+        def run() -> None:
+            try:
+                for batch in demo_stream(cfg, self.sim_stop.is_set):
+                    n = produce(batch, bootstrap, rate=self.demo_rate, stop=self.sim_stop.is_set)
+                    self.sim_sent += n
+            except Exception:
+                log.exception("simulator stopped")
+
+        self.sim_thread = threading.Thread(target=run, name="simulator", daemon=True)
+        self.sim_thread.start()
+        self.say(f"simulator  demo traffic at about {self.demo_rate:.0f} events/s")
+
+    async def _watch(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        last = (time.monotonic(), 0)
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            if stop.is_set():
+                break
+            if self.worker is not None and self.worker.poll() is not None:
+                self.say(f"worker exited with code {self.worker.returncode}; see {self.settings.data_dir}/logs/worker.log")
+                break
+            assert self.service is not None
+            if not self.service.thread.is_alive():
+                self.say(f"sink stopped: {self.service.error}")
+                break
+            last = await self._status_line(last)
+        self.say("stopping…")
+
+    async def _status_line(self, last: tuple[float, int]) -> tuple[float, int]:
+        assert self.service is not None
+        written = self.service.sink.written
+        rows = {t: written[t] for t in ("views", "clicks", "orders", "dead_letters")}
+        events = rows["views"] + rows["clicks"] + rows["orders"]
+        now = time.monotonic()
+        rate = (events - last[1]) / max(now - last[0], 1e-6)
+        lag = "?"
+        if self.service.monitor is not None:
+            with contextlib.suppress(Exception):
+                lags = await asyncio.get_running_loop().run_in_executor(None, self.service.monitor.lag)
+                lag = str(sum(v["lag"] for v in lags.values()))
+        attributed = written["attributions"]
+        self.say(
+            f"[{now - self.started:6.0f}s] {rate:8.0f} events/s in | {events} events stored | "
+            f"{attributed} attribution rows | {rows['dead_letters']} dead letters | worker lag {lag}"
+        )
+        return now, events
+
+    async def _wait_worker_caught_up(self, deadline: float) -> None:
+        """Give the worker a moment to finish what was sent before it is stopped."""
+        if self.service is None or self.service.monitor is None:
+            return
+        loop = asyncio.get_running_loop()
+        while time.monotonic() < deadline:
+            try:
+                lags = await asyncio.wait_for(loop.run_in_executor(None, self.service.monitor.lag), 2)
+            except Exception:
+                return
+            if sum(v["lag"] for v in lags.values()) == 0:
+                return
+            await asyncio.sleep(0.3)
+
+    async def _shutdown(self) -> None:
+        t0 = time.monotonic()
+        self.sim_stop.set()
+        if self.sim_thread is not None:
+            self.sim_thread.join(3)
+        log.info("simulator stopped after %.1f s", time.monotonic() - t0)
+        if self.worker is not None and self.worker.poll() is None:
+            await self._wait_worker_caught_up(deadline=time.monotonic() + 4)
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.worker.wait, 5)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        log.info("worker stopped after %.1f s", time.monotonic() - t0)
+        if self.service is not None:
+            await self.service.stop()
+        log.info("sink stopped after %.1f s", time.monotonic() - t0)
+        if self.broker is not None:
+            self.broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.settings.runtime_file.unlink()
+        self.say(f"stopped in {time.monotonic() - t0:.1f} s")

@@ -1,0 +1,139 @@
+"""The web server of the sink process: ``/`` (dashboard), ``/healthz``, ``/metrics``, ``/api/*``.
+
+In embedded mode the sink owns chDB, so the dashboard's queries run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from confluent_kafka import Consumer, TopicPartition
+
+from ripple.config import INPUT_TOPICS
+from ripple.metrics import SinkMetrics
+from sinks.clickhouse import ClickHouse
+
+log = logging.getLogger("ripple.web")
+STATIC = Path(__file__).resolve().parent / "static"
+WORKER_GROUP = "ripple"  # the Faust app id is the worker's consumer group
+
+LEADERBOARD_SQL = """
+SELECT
+    a.referrer_id AS creator_id,
+    any(c.handle) AS handle,
+    any(c.tier) AS tier,
+    round(sum(a.credit), 2) AS conversions,
+    sum(a.revenue_minor) AS revenue_minor,
+    sum(a.commission_minor) AS commission_minor,
+    any(a.currency) AS currency
+FROM ripple.attributions AS a FINAL
+LEFT JOIN (SELECT creator_id, handle, tier FROM ripple.creators FINAL) AS c
+    ON c.creator_id = a.referrer_id
+WHERE a.model = {model:String} AND a.credit > 0
+GROUP BY a.referrer_id
+ORDER BY revenue_minor DESC
+LIMIT {limit:UInt32}
+"""
+
+TOTALS_SQL = """
+SELECT
+    (SELECT count() FROM ripple.views FINAL) AS views,
+    (SELECT count() FROM ripple.clicks FINAL) AS clicks,
+    (SELECT count() FROM ripple.orders FINAL) AS orders,
+    (SELECT uniqExact(order_id) FROM ripple.attributions FINAL WHERE credit > 0) AS attributed,
+    (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters
+"""
+
+
+class OffsetMonitor:
+    """Committed offsets and lag of the worker group, per input topic."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": WORKER_GROUP, "enable.auto.commit": False,
+             "logger": logging.getLogger("ripple.kafka")}
+        )
+
+    def lag(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        meta = self.consumer.list_topics(timeout=5)
+        for topic in INPUT_TOPICS:
+            if topic not in meta.topics:
+                continue
+            tps = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+            committed = self.consumer.committed(tps, timeout=5)
+            total_committed = 0
+            total_lag = 0
+            for tp in committed:
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                pos = tp.offset if tp.offset >= 0 else 0
+                total_committed += pos
+                total_lag += max(0, high - pos)
+            out[topic] = {"committed": total_committed, "lag": total_lag}
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def build_app(
+    ch: ClickHouse,
+    metrics: SinkMetrics,
+    sink_status: Callable[[], dict[str, Any]],
+    monitor: OffsetMonitor | None,
+) -> web.Application:
+    app = web.Application()
+    loop_run = asyncio.get_running_loop
+
+    async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
+        return await loop_run().run_in_executor(None, fn, *args)
+
+    async def index(_: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def healthz(_: web.Request) -> web.Response:
+        body: dict[str, Any] = {"status": "ok", "sink": sink_status()}
+        if monitor is not None:
+            try:
+                body["topics"] = await blocking(monitor.lag)
+            except Exception as exc:  # the broker may be gone while stopping
+                body["status"] = "degraded"
+                body["error"] = str(exc)
+        return web.json_response(body)
+
+    async def prom(_: web.Request) -> web.Response:
+        payload, content_type = metrics.render()
+        return web.Response(body=payload, content_type=content_type)
+
+    async def leaderboard(request: web.Request) -> web.Response:
+        model = request.query.get("model", "last_click")
+        try:
+            limit = max(1, min(100, int(request.query.get("limit", "20"))))
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be an integer") from None
+        rows = await blocking(ch.query_dicts, LEADERBOARD_SQL, {"model": model, "limit": limit})
+        return web.json_response(rows)
+
+    async def totals(_: web.Request) -> web.Response:
+        rows = await blocking(ch.query_dicts, TOTALS_SQL)
+        return web.json_response(rows[0] if rows else {})
+
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prom)
+    app.router.add_get("/api/leaderboard", leaderboard)
+    app.router.add_get("/api/totals", totals)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

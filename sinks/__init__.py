@@ -1,0 +1,1 @@
+"""ClickHouse writer and the sink process."""

@@ -1,0 +1,1 @@
+"""Faust application and the pure logic its agents call."""

@@ -1,0 +1,73 @@
+"""Reference data every worker needs in full: codes and creators (compacted topics).
+
+Pure containers; :mod:`streams.agents` keeps them current by reading the topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_RATE = 0.10
+DEFAULT_HOLD_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    code: str  # lower case
+    referrer_id: str
+    referrer_type: str  # creator | customer
+    issued_ts: int
+    active: bool
+    expires_ts: int | None
+    landing_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    referrer_id: str
+    referrer_type: str
+
+
+@dataclass
+class ReferenceData:
+    codes: dict[str, Code] = field(default_factory=dict)
+    creators: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, topic: str, event: dict[str, Any]) -> None:
+        if topic == "codes":
+            code = event["code"].lower()
+            self.codes[code] = Code(
+                code=code,
+                referrer_id=event["referrer_id"],
+                referrer_type=event["referrer_type"],
+                issued_ts=event["issued_ts"],
+                active=event.get("active", True) is not False,
+                expires_ts=event.get("expires_ts"),
+                landing_url=event.get("landing_url"),
+            )
+        elif topic == "creators":
+            self.creators[event["creator_id"]] = event
+
+    def resolve(self, ref: str | None, at_ts: int) -> Referrer | None:
+        """The referrer a code or link slug stands for at event time ``at_ts``, if any.
+
+        Codes are case-insensitive; an inactive code, or one past its ``expires_ts``,
+        resolves to nobody.
+        """
+        if not ref:
+            return None
+        code = self.codes.get(ref.lower())
+        if code is None or not code.active:
+            return None
+        if code.expires_ts is not None and at_ts >= code.expires_ts:
+            return None
+        return Referrer(code.referrer_id, code.referrer_type)
+
+    def knows(self, ref: str | None) -> bool:
+        return bool(ref) and ref.lower() in self.codes  # type: ignore[union-attr]
+
+    def commission_rate(self, referrer_id: str) -> float:
+        plan = self.creators.get(referrer_id, {}).get("plan") or {}
+        rate = plan.get("rate", DEFAULT_RATE)
+        return float(rate)
