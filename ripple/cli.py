@@ -52,9 +52,10 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _common(p: argparse.ArgumentParser, *, bootstrap: bool = True, clickhouse: bool = False,
-            web: bool = False) -> None:
-    p.add_argument("--data-dir", type=Path, help="state and embedded ClickHouse (env RIPPLE_DATA_DIR, default ./.ripple)")
+def _common(p: argparse.ArgumentParser, *, bootstrap: bool = True, clickhouse: bool = False, web: bool = False) -> None:
+    p.add_argument(
+        "--data-dir", type=Path, help="state and embedded ClickHouse (env RIPPLE_DATA_DIR, default ./.ripple)"
+    )
     if bootstrap:
         p.add_argument("--bootstrap", type=_hostport, help="Kafka HOST:PORT (env RIPPLE_BOOTSTRAP)")
     if clickhouse:
@@ -203,20 +204,33 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = settings.bootstrap or (None if args.out and not args.data_dir else _runtime_bootstrap(settings))
     if bootstrap is None and args.out is None:
         raise ConfigError("nothing to do: give --bootstrap, a --data-dir of a running 'ripple up', or --out")
-    cfg = SimConfig(seed=args.seed, start_ms=start_ms, days=args.days, creators=max(1, args.creators),
-                    views=args.views, malformed_share=args.malformed)
+    cfg = SimConfig(
+        seed=args.seed,
+        start_ms=start_ms,
+        days=args.days,
+        creators=max(1, args.creators),
+        views=args.views,
+        malformed_share=args.malformed,
+    )
     ds = generate(cfg)
     total = len(ds.reference) + len(ds.events)
-    print(f"simulated {total} messages: {len(ds.reference)} reference, {len(ds.events)} events "
-          f"({ds.truth['malformed']} malformed), {len(ds.truth['last_click'])} orders", file=sys.stderr)
+    print(
+        f"simulated {total} messages: {len(ds.reference)} reference, {len(ds.events)} events "
+        f"({ds.truth['malformed']} malformed), {len(ds.truth['last_click'])} orders",
+        file=sys.stderr,
+    )
     if args.out:
         write_out(ds, args.out)
         print(f"wrote {args.out}/events.jsonl and {args.out}/ground_truth.json", file=sys.stderr)
     if bootstrap:
         t0 = time.monotonic()
         produce(ds.reference, bootstrap)
-        sent = produce(ds.events, bootstrap, rate=args.rate,
-                       progress=lambda n: print(f"\rsent {n}/{len(ds.events)}", end="", file=sys.stderr))
+        sent = produce(
+            ds.events,
+            bootstrap,
+            rate=args.rate,
+            progress=lambda n: print(f"\rsent {n}/{len(ds.events)}", end="", file=sys.stderr),
+        )
         dt = time.monotonic() - t0
         print(f"\rsent {sent + len(ds.reference)} messages to {bootstrap} in {dt:.1f} s", file=sys.stderr)
     return 0

@@ -120,9 +120,7 @@ def validate(s: Settings) -> None:
     if s.bootstrap is not None:
         check_hostport(s.bootstrap, "bootstrap")
     if s.clickhouse is not None and not s.clickhouse.startswith(("chdb://", "http://", "https://")):
-        raise ConfigError(
-            f"ClickHouse DSN must start with chdb://, http:// or https://, got {s.clickhouse!r}"
-        )
+        raise ConfigError(f"ClickHouse DSN must start with chdb://, http:// or https://, got {s.clickhouse!r}")
     if s.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
 

@@ -18,12 +18,8 @@ class WorkerMetrics(_Metrics):
     def __init__(self) -> None:
         super().__init__()
         r = self.registry
-        self.messages_in = Counter(
-            "ripple_messages_in_total", "Kafka messages read, by topic", ["topic"], registry=r
-        )
-        self.events_in = Counter(
-            "ripple_events_in_total", "Valid events read, by topic", ["topic"], registry=r
-        )
+        self.messages_in = Counter("ripple_messages_in_total", "Kafka messages read, by topic", ["topic"], registry=r)
+        self.events_in = Counter("ripple_events_in_total", "Valid events read, by topic", ["topic"], registry=r)
         self.dead_letters = Counter(
             "ripple_dead_letters_total", "Invalid events sent to the dead-letter topic", ["topic"], registry=r
         )
@@ -33,9 +29,7 @@ class WorkerMetrics(_Metrics):
         self.orders_attributed = Counter(
             "ripple_orders_attributed_total", "Orders attributed (restatements not counted)", registry=r
         )
-        self.rows_out = Counter(
-            "ripple_rows_out_total", "Rows sent to output topics", ["topic"], registry=r
-        )
+        self.rows_out = Counter("ripple_rows_out_total", "Rows sent to output topics", ["topic"], registry=r)
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

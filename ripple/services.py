@@ -118,10 +118,16 @@ async def run_sink(settings: Settings, web_port: int | None) -> None:
 
 def worker_command(settings: Settings, web_port: int) -> list[str]:
     return [
-        sys.executable, "-m", "ripple", "worker",
-        "--bootstrap", str(settings.bootstrap),
-        "--data-dir", str(settings.data_dir),
-        "--web-port", str(web_port),
+        sys.executable,
+        "-m",
+        "ripple",
+        "worker",
+        "--bootstrap",
+        str(settings.bootstrap),
+        "--data-dir",
+        str(settings.data_dir),
+        "--web-port",
+        str(web_port),
     ]
 
 
@@ -171,7 +177,9 @@ class Up:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as worker_log:
             self.worker = subprocess.Popen(
-                worker_command(s, worker_port), stdout=worker_log, stderr=subprocess.STDOUT,
+                worker_command(s, worker_port),
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         self.say(f"worker     pid {self.worker.pid}, metrics http://127.0.0.1:{worker_port}/metrics")
@@ -190,8 +198,14 @@ class Up:
         from ripple.simulate import SimConfig, demo_stream, produce
 
         now_ms = int(time.time() * 1000)
-        cfg = SimConfig(seed=7, start_ms=now_ms - 30 * 86_400_000, days=1.0, views=4000,
-                        run_id=f"demo{now_ms // 1000}", creator_prefix="demo")
+        cfg = SimConfig(
+            seed=7,
+            start_ms=now_ms - 30 * 86_400_000,
+            days=1.0,
+            views=4000,
+            run_id=f"demo{now_ms // 1000}",
+            creator_prefix="demo",
+        )
         bootstrap = str(self.settings.bootstrap)
 
         def run() -> None:
@@ -218,7 +232,9 @@ class Up:
             if stop.is_set():
                 break
             if self.worker is not None and self.worker.poll() is not None:
-                self.say(f"worker exited with code {self.worker.returncode}; see {self.settings.data_dir}/logs/worker.log")
+                self.say(
+                    f"worker exited with code {self.worker.returncode}; see {self.settings.data_dir}/logs/worker.log"
+                )
                 break
             assert self.service is not None
             if not self.service.thread.is_alive():

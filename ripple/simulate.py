@@ -48,8 +48,30 @@ TIER_PLANS = {
 PLATFORMS = ("instagram", "tiktok", "youtube", "twitch")
 NICHES = ("beauty", "fitness", "gaming", "food", "travel", "tech", "fashion", "parenting")
 NAMES = (
-    "jane", "leo", "maya", "omar", "lina", "theo", "ivy", "noah", "zoe", "kai", "ana", "ravi",
-    "emma", "yuki", "sam", "nia", "eli", "mila", "finn", "sara", "luca", "aria", "jon", "tara",
+    "jane",
+    "leo",
+    "maya",
+    "omar",
+    "lina",
+    "theo",
+    "ivy",
+    "noah",
+    "zoe",
+    "kai",
+    "ana",
+    "ravi",
+    "emma",
+    "yuki",
+    "sam",
+    "nia",
+    "eli",
+    "mila",
+    "finn",
+    "sara",
+    "luca",
+    "aria",
+    "jon",
+    "tara",
 )
 VIEW_KINDS = ("impression", "video_view", "story_view", "landing_view")
 
@@ -88,7 +110,7 @@ class SimConfig:
     anonymous_share: float = 0.15
     code_share: float = 0.45  # share of referred orders that use the creator's code
     organic_orders: float = 0.10  # organic orders, as a share of referred orders
-    view_through: float = 0.002 # orders by viewers who never clicked
+    view_through: float = 0.002  # orders by viewers who never clicked
     second_creator: float = 0.10  # share of clickers who also click another creator
     advocate_share: float = 0.08
     refund_share: float = 0.08
@@ -106,7 +128,7 @@ def _lognormal_ms(rng: random.Random, median_ms: float, sigma: float, lo: int, h
     return int(min(hi, max(lo, median_ms * math.exp(rng.gauss(0, sigma)))))
 
 
-def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in order
+def generate(cfg: SimConfig) -> Dataset:
     rng = random.Random(cfg.seed)
     p = cfg.prefix
     cp = cfg.creator_prefix or p
@@ -128,14 +150,18 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
         return f"{p}-{kind}-{counters[kind]:07d}"
 
     # -- creators and their codes ----------------------------------------------------
-    creators = []
+    creators: list[dict[str, Any]] = []
     crng = random.Random(f"creators-{cp}")
+    # stratified draws from a Pareto(0.75) over 1k+ followers: mostly nano, some micro,
+    # a few macro, whatever the number of creators
+    strata = [(k + crng.random()) / cfg.creators for k in range(cfg.creators)]
+    crng.shuffle(strata)
     for i in range(cfg.creators):
-        followers = int(min(2_000_000, 1000 * (1 - crng.random()) ** (-1 / 1.15)))
+        followers = int(min(2_000_000, 1000 * (1 - strata[i]) ** (-1 / 0.75)))
         handle = f"{NAMES[i % len(NAMES)]}{i // len(NAMES) or ''}"
         creator_id = f"{cp}-cr-{handle}"
         tier = tier_of(followers)
-        creator = {
+        profile: dict[str, Any] = {
             "creator_id": creator_id,
             "handle": handle,
             "platform": crng.choice(PLATFORMS),
@@ -150,7 +176,7 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
         conv_lo, conv_hi = TIER_RATES[tier][1]
         creators.append(
             {
-                **creator,
+                **profile,
                 "tier": tier,
                 "engagement": crng.uniform(eng_lo, eng_hi),
                 "conversion": crng.uniform(conv_lo, conv_hi),
@@ -159,20 +185,20 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
                 "weight": followers**0.6,
             }
         )
-        ds.reference.append(Message("creators", creator_id, orjson.dumps(creator), creator))
+        ds.reference.append(Message("creators", creator_id, orjson.dumps(profile), profile))
         issued = cfg.start_ms - 30 * DAY_MS
-        for code, pct in ((f"{handle.upper()}20", 20), (handle, None)):
-            rec = {
-                "code": code,
+        for name, pct in ((f"{handle.upper()}20", 20), (handle, None)):
+            rec: dict[str, Any] = {
+                "code": name,
                 "referrer_id": creator_id,
                 "referrer_type": "creator",
                 "issued_ts": issued,
                 "active": True,
-                "platform": creator["platform"],
+                "platform": profile["platform"],
                 "discount_pct": pct,
-                "landing_url": f"https://shop.example/?ref={code}",
+                "landing_url": f"https://shop.example/?ref={name}",
             }
-            codes[code.lower()] = rec
+            codes[name.lower()] = rec
         if i % 7 == 3:  # an old code that expired before the run, still in circulation
             old = f"{handle.upper()}10"
             codes[old.lower()] = {
@@ -197,7 +223,7 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
             }
             creators[-1]["inactive_code"] = off
     for rec in codes.values():
-        ds.reference.append(Message("codes", rec["code"], orjson.dumps(rec), rec))
+        ds.reference.append(Message("codes", str(rec["code"]), orjson.dumps(rec), rec))
 
     weights = [c["weight"] for c in creators]
     visitors: list[str] = []
@@ -258,21 +284,37 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
         content = f"{creator['handle']}-post-{rng.randint(1, 12)}"
         anonymous = rng.random() < cfg.anonymous_share
         if anonymous:
-            emit("views", creator["creator_id"], {
-                "event_id": next_id("v"), "ts": ts, "creator_id": creator["creator_id"],
-                "content_id": content, "platform": creator["platform"], "kind": "impression",
-            })
+            emit(
+                "views",
+                creator["creator_id"],
+                {
+                    "event_id": next_id("v"),
+                    "ts": ts,
+                    "creator_id": creator["creator_id"],
+                    "content_id": content,
+                    "platform": creator["platform"],
+                    "kind": "impression",
+                },
+            )
             continue
         if visitors and rng.random() < 0.2:
             visitor = rng.choice(visitors)
         else:
             visitor = next_id("vis")
             visitors.append(visitor)
-        emit("views", visitor, {
-            "event_id": next_id("v"), "ts": ts, "creator_id": creator["creator_id"],
-            "content_id": content, "visitor_id": visitor, "platform": creator["platform"],
-            "kind": rng.choice(VIEW_KINDS),
-        })
+        emit(
+            "views",
+            visitor,
+            {
+                "event_id": next_id("v"),
+                "ts": ts,
+                "creator_id": creator["creator_id"],
+                "content_id": content,
+                "visitor_id": visitor,
+                "platform": creator["platform"],
+                "kind": rng.choice(VIEW_KINDS),
+            },
+        )
         if rng.random() >= creator["engagement"]:
             if rng.random() < cfg.view_through:
                 order_ts = ts + _lognormal_ms(rng, 4 * HOUR_MS, 1.0, 60_000, 3 * DAY_MS)
@@ -280,19 +322,24 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
                     emit("orders", visitor, order_event(visitor, order_ts, None))
             continue
         click_ts = ts + _lognormal_ms(rng, 30_000, 1.0, 1_000, 10 * MINUTE_MS)
+        if click_ts >= end_ms:
+            continue
         ref = creator["slug"] if rng.random() < 0.7 else creator["code"]
         emit("clicks", visitor, click_event(visitor, click_ts, ref, creator))
         last_ts = click_ts
         if rng.random() < cfg.second_creator:
             other = rng.choices(creators, weights)[0]
-            last_ts = click_ts + _lognormal_ms(rng, 6 * HOUR_MS, 1.5, 5_000, 20 * DAY_MS)
+            second_ts = click_ts + _lognormal_ms(rng, 6 * HOUR_MS, 1.5, 5_000, 20 * DAY_MS)
+            if second_ts >= end_ms:
+                continue
+            last_ts = second_ts
             emit("clicks", visitor, click_event(visitor, last_ts, other["slug"], other))
         if rng.random() >= creator["conversion"] * 4:  # clicks convert over the whole run
             continue
         order_ts = last_ts + delay_to_order()
         if order_ts >= end_ms:
             continue
-        code = None
+        code: str | None = None
         roll = rng.random()
         if roll < cfg.code_share:
             code = creator["code"] if rng.random() < 0.9 else creator["code"].lower()
@@ -339,11 +386,20 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
             click_ts = issued + _lognormal_ms(rng, 12 * HOUR_MS, 1.2, MINUTE_MS, 5 * DAY_MS)
             if click_ts >= end_ms:
                 continue
-            emit("clicks", friend, {
-                "event_id": next_id("c"), "ts": click_ts, "visitor_id": friend, "ref": code,
-                "utm_source": "friend", "utm_medium": "referral",
-                "ip_hash": h(p, "ip", friend), "user_agent": "Mozilla/5.0 (Android 15)",
-            })
+            emit(
+                "clicks",
+                friend,
+                {
+                    "event_id": next_id("c"),
+                    "ts": click_ts,
+                    "visitor_id": friend,
+                    "ref": code,
+                    "utm_source": "friend",
+                    "utm_medium": "referral",
+                    "ip_hash": h(p, "ip", friend),
+                    "user_agent": "Mozilla/5.0 (Android 15)",
+                },
+            )
             if rng.random() < 0.45:
                 order_ts = click_ts + _lognormal_ms(rng, 2 * HOUR_MS, 1.5, 30_000, 10 * DAY_MS)
                 if order_ts < end_ms:
@@ -358,10 +414,17 @@ def generate(cfg: SimConfig) -> Dataset:  # noqa: C901 - one story, told in orde
             continue
         full = rng.random() < 0.7
         amount = ev["amount_minor"] if full else ev["amount_minor"] // 2
-        emit("refunds", ev["order_id"], {
-            "event_id": next_id("r"), "ts": refund_ts, "order_id": ev["order_id"],
-            "amount_minor": amount, "reason": rng.choice(("damaged", "not as described", "changed mind")),
-        })
+        emit(
+            "refunds",
+            ev["order_id"],
+            {
+                "event_id": next_id("r"),
+                "ts": refund_ts,
+                "order_id": ev["order_id"],
+                "amount_minor": amount,
+                "reason": rng.choice(("damaged", "not as described", "changed mind")),
+            },
+        )
 
     events.sort(key=lambda e: (e[0], e[1]))
     valid = [Message(topic, key, orjson.dumps(ev), ev) for _, _, topic, key, ev in events]
@@ -429,8 +492,11 @@ def _malformed(rng: random.Random, msg: Message, far_future: int) -> Message:
 
 
 def expected_last_click(
-    events: list[dict[str, Any]], topics: list[str], codes: dict[str, dict[str, Any]],
-    click_window_ms: int = 30 * DAY_MS, view_window_ms: int = DAY_MS,
+    events: list[dict[str, Any]],
+    topics: list[str],
+    codes: dict[str, dict[str, Any]],
+    click_window_ms: int = 30 * DAY_MS,
+    view_window_ms: int = DAY_MS,
 ) -> dict[str, dict[str, Any] | None]:
     """SPEC §3 last-click with the code-wins policy, written plainly over all events.
 
@@ -490,8 +556,16 @@ def write_out(ds: Dataset, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "events.jsonl").open("wb") as fh:
         for m in [*ds.reference, *ds.events]:
-            fh.write(orjson.dumps({"topic": m.topic, "key": m.key, "value": m.value.decode(errors="replace"),
-                                   "valid": m.event is not None}))
+            fh.write(
+                orjson.dumps(
+                    {
+                        "topic": m.topic,
+                        "key": m.key,
+                        "value": m.value.decode(errors="replace"),
+                        "valid": m.event is not None,
+                    }
+                )
+            )
             fh.write(b"\n")
     (out / "ground_truth.json").write_bytes(orjson.dumps(ds.truth, option=orjson.OPT_INDENT_2))
 
@@ -556,8 +630,15 @@ def demo_stream(cfg: SimConfig, stop: Callable[[], bool]) -> Iterator[list[Messa
     while not stop():
         now_ms = int(time.time() * 1000)
         start = min(cfg.start_ms + n * span, now_ms - span)
-        window = SimConfig(**{**cfg.__dict__, "seed": cfg.seed + n, "run_id": f"{cfg.prefix}-{n}",
-                              "creator_prefix": cfg.creator_prefix or cfg.prefix, "start_ms": start})
+        window = SimConfig(
+            **{
+                **cfg.__dict__,
+                "seed": cfg.seed + n,
+                "run_id": f"{cfg.prefix}-{n}",
+                "creator_prefix": cfg.creator_prefix or cfg.prefix,
+                "start_ms": start,
+            }
+        )
         ds = generate(window)
         yield [*ds.reference, *ds.events]
         n += 1

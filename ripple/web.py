@@ -55,8 +55,12 @@ class OffsetMonitor:
 
     def __init__(self, bootstrap: str) -> None:
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": WORKER_GROUP, "enable.auto.commit": False,
-             "logger": logging.getLogger("ripple.kafka")}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": WORKER_GROUP,
+                "enable.auto.commit": False,
+                "logger": logging.getLogger("ripple.kafka"),
+            }
         )
 
     def lag(self) -> dict[str, dict[str, int]]:

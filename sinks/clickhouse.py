@@ -83,18 +83,13 @@ class ClickHouse:
                 "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
                 "ENGINE = ReplacingMergeTree ORDER BY version"
             )
-            done = {
-                row[0]
-                for row in self.client.query("SELECT version FROM ripple.schema_migrations").result_rows
-            }
+            done = {row[0] for row in self.client.query("SELECT version FROM ripple.schema_migrations").result_rows}
             for version, path in ddl_files(directory):
                 if version in done:
                     continue
                 for statement in split_statements(path.read_text()):
                     self.client.command(statement)
-                self.client.insert(
-                    "ripple.schema_migrations", [(version, path.name)], column_names=["version", "name"]
-                )
+                self.client.insert("ripple.schema_migrations", [(version, path.name)], column_names=["version", "name"])
                 applied.append(path.name)
         return applied
 
@@ -103,14 +98,14 @@ class ClickHouse:
         started = time.perf_counter()
         try:
             with self.lock:
-                self.client.insert(f"ripple.{table}", rows, column_names=list(columns))
+                self.client.insert(f"ripple.{table}", [tuple(r) for r in rows], column_names=list(columns))
         except Exception as exc:
             raise ClickHouseUnavailable(f"insert into {table} failed: {exc}") from exc
         return time.perf_counter() - started
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.lock:
-            return list(self.client.query(sql, parameters=parameters or {}).result_rows)
+            return [tuple(r) for r in self.client.query(sql, parameters=parameters or {}).result_rows]
 
     def query_dicts(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.lock:

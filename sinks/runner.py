@@ -115,10 +115,13 @@ class Sink:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
-            topic = msg.topic()
-            table, columns, rows = rows_for_message(topic, msg.value(), msg.headers(), msg.timestamp()[1])
+            topic = str(msg.topic())
+            headers = msg.headers()
+            table, columns, rows = rows_for_message(
+                topic, msg.value(), list(headers) if isinstance(headers, list) else None, msg.timestamp()[1]
+            )
             self.add(table, columns, rows)
-            self.pending_offsets[(topic, msg.partition())] = msg.offset()
+            self.pending_offsets[(topic, int(msg.partition() or 0))] = int(msg.offset() or 0)
         due = time.monotonic() - self.last_flush >= batch_s
         if self.pending_offsets and (force_flush or due or self.buffered_rows >= self.settings.sink_batch_rows):
             self._flush_with_retry(deadline=None)

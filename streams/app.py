@@ -47,9 +47,7 @@ class ReferenceReader(Service):
         self._last_sync = 0.0
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None
-        )
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
         await self._consumer.start()
         await self._consumer.topics()  # loads metadata for every topic
         parts = []
@@ -126,7 +124,7 @@ def create_app(settings: Settings) -> faust.App:
     metrics = WorkerMetrics()
     reference = ReferenceData()
     reader = ReferenceReader(settings.bootstrap, reference, metrics)
-    app.service(reader)
+    app.service(reader)  # type: ignore[arg-type]  # an instance is accepted at run time
     windows = attr.Windows(
         click_ms=settings.click_window_ms,
         view_ms=settings.view_window_ms,
@@ -181,11 +179,11 @@ def create_app(settings: Settings) -> faust.App:
         metrics.rows_out.labels("attributions").inc(len(rows))
 
     @app.agent(visitor_topics, name="visitors")
-    async def visitor_agent(stream: faust.StreamT) -> None:
+    async def visitor_agent(stream: Any) -> None:
         async for events in stream.take_events(settings.worker_batch, within=settings.worker_batch_ms / 1000):
             await handle_visitor_batch(events)
 
-    async def handle_visitor_batch(events: list[faust.EventT]) -> None:
+    async def handle_visitor_batch(events: list[Any]) -> None:
         started = time.perf_counter()
         touched: dict[str, tuple[int, attr.State]] = {}
         decoded: list[tuple[str, int, dict[str, Any]]] = []
@@ -235,7 +233,7 @@ def create_app(settings: Settings) -> faust.App:
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     @app.agent(other_topics, name="reference")
-    async def other_agent(stream: faust.StreamT) -> None:
+    async def other_agent(stream: Any) -> None:
         async for events in stream.take_events(settings.worker_batch, within=settings.worker_batch_ms / 1000):
             for ev in events:
                 msg = ev.message

@@ -106,11 +106,7 @@ def expire(state: State, stream_time: int, w: Windows) -> None:
     """Drop orders past ``max_lateness`` and touches no future order can use."""
     horizon = stream_time - w.max_lateness_ms
     state["o"] = [o for o in state["o"] if o[O_TS] >= horizon]
-    state["t"] = [
-        t
-        for t in state["t"]
-        if t[T_TS] >= horizon - (w.click_ms if t[T_KIND] == "c" else w.view_ms)
-    ]
+    state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (w.click_ms if t[T_KIND] == "c" else w.view_ms)]
 
 
 def is_empty(state: State) -> bool:

@@ -1,0 +1,174 @@
+"""The per-visitor attribution logic (streams/attribution.py), fed by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams import attribution as attr
+from streams.reference import ReferenceData
+
+DAY = 86_400_000
+MIN = 60_000
+W = attr.Windows(click_ms=30 * DAY, view_ms=DAY, max_lateness_ms=10 * MIN)
+T0 = 1_767_225_600_000
+
+
+def reference() -> ReferenceData:
+    ref = ReferenceData()
+    for code, owner, kind, extra in [
+        ("JANE20", "cr-jane", "creator", {}),
+        ("jane", "cr-jane", "creator", {}),
+        ("leo", "cr-leo", "creator", {}),
+        ("OLD10", "cr-leo", "creator", {"expires_ts": T0}),
+        ("OFF", "cr-leo", "creator", {"active": False}),
+        ("CFRIEND", "cus-1", "customer", {}),
+    ]:
+        ref.apply("codes", {"code": code, "referrer_id": owner, "referrer_type": kind, "issued_ts": 0, **extra})
+    return ref
+
+
+def order(ts: int, code: str | None = None, oid: str = "o1") -> dict[str, Any]:
+    ev = {"event_id": f"e-{oid}", "ts": ts, "order_id": oid, "visitor_id": "v", "customer_id": "c",
+          "amount_minor": 10_000, "currency": "USD"}
+    if code:
+        ev["discount_code"] = code
+    return ev
+
+
+def click(ts: int, ref: str, eid: str) -> list[Any]:
+    return [ts, "c", ref.lower(), eid, 0]
+
+
+def view(ts: int, creator: str, eid: str) -> list[Any]:
+    return [ts, "v", creator, eid, 0]
+
+
+def run(events: list[tuple[str, Any]], ref: ReferenceData | None = None) -> dict[str, dict[str, Any]]:
+    """Feed events in the given arrival order; return the final row per (order, referrer)."""
+    ref = ref or reference()
+    state = attr.new_state()
+    stream_time = 0
+    final: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key = (row["order_id"], row["referrer_id"])
+            if key not in final or final[key]["version"] <= row["version"]:
+                final[key] = row
+
+    for kind, ev in events:
+        if kind == "order":
+            record = attr.add_order(state, ev, stream_time, W)
+            keep(attr.attribute(state, record, ref, W))
+            ts = ev["ts"]
+        else:
+            for o in attr.add_touch(state, ev, stream_time, W):
+                keep(attr.attribute(state, o, ref, W))
+            ts = ev[0]
+        stream_time = max(stream_time, ts)
+    return {f"{o}:{r}": row for (o, r), row in final.items() if row["credit"] > 0}
+
+
+def winner(result: dict[str, dict[str, Any]], oid: str = "o1") -> tuple[str, str] | None:
+    rows = [r for r in result.values() if r["order_id"] == oid]
+    assert len(rows) <= 1
+    return (rows[0]["referrer_id"], rows[0]["touch_type"]) if rows else None
+
+
+def test_last_click_wins() -> None:
+    r = run([("touch", click(T0, "jane", "c1")), ("touch", click(T0 + MIN, "leo", "c2")), ("order", order(T0 + 2 * MIN))])
+    assert winner(r) == ("cr-leo", "click")
+
+
+def test_code_beats_clicks_under_code_wins() -> None:
+    r = run([("touch", click(T0, "leo", "c1")), ("order", order(T0 + MIN, code="jane20"))])
+    assert winner(r) == ("cr-jane", "code")
+
+
+def test_expired_and_inactive_codes_are_ignored() -> None:
+    assert winner(run([("order", order(T0 + 1, code="OLD10"))])) is None
+    assert winner(run([("order", order(T0 + 1, code="off"))])) is None
+    assert winner(run([("order", order(T0 - 1, code="old10"))])) == ("cr-leo", "code")
+
+
+def test_click_window_edge_is_inclusive() -> None:
+    at_edge = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + 30 * DAY))])
+    past_edge = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + 30 * DAY + 1))])
+    assert winner(at_edge) == ("cr-jane", "click")
+    assert winner(past_edge) is None
+
+
+def test_view_through_only_without_a_click() -> None:
+    r = run([("touch", view(T0, "cr-leo", "v1")), ("order", order(T0 + DAY))])
+    assert winner(r) == ("cr-leo", "view")
+    r = run([("touch", view(T0 + MIN, "cr-leo", "v1")), ("touch", click(T0, "jane", "c1")), ("order", order(T0 + DAY))])
+    assert winner(r) == ("cr-jane", "click")
+    assert winner(run([("touch", view(T0, "cr-leo", "v1")), ("order", order(T0 + DAY + 1))])) is None
+
+
+def test_touch_after_the_order_does_not_count() -> None:
+    r = run([("order", order(T0)), ("touch", click(T0 + 1, "jane", "c1"))])
+    assert winner(r) is None
+
+
+def test_out_of_order_click_restates_with_a_higher_version_and_zeroes_the_loser() -> None:
+    ref = reference()
+    state = attr.new_state()
+    rec = attr.add_order(state, order(T0 + 5 * MIN), 0, W)
+    attr.add_touch(state, click(T0, "jane", "c1"), T0 + 5 * MIN, W)  # arrives first, before the order
+    first = attr.attribute(state, rec, ref, W)
+    assert [(r["referrer_id"], r["credit"]) for r in first] == [("cr-jane", 1.0)]
+    restated = attr.add_touch(state, click(T0 + MIN, "leo", "c2"), T0 + 5 * MIN, W)
+    assert restated == [rec]
+    second = {r["referrer_id"]: r for r in attr.attribute(state, rec, ref, W)}
+    assert second["cr-leo"]["credit"] == 1.0 and second["cr-jane"]["credit"] == 0.0
+    assert second["cr-leo"]["version"] > first[0]["version"]
+    assert second["cr-jane"]["version"] == second["cr-leo"]["version"]
+
+
+def test_arrival_order_within_lateness_does_not_change_the_result() -> None:
+    events = [("touch", click(T0, "jane", "c1")), ("touch", click(T0 + MIN, "leo", "c2")), ("order", order(T0 + 2 * MIN))]
+    in_order = run(events)
+    assert run(list(reversed(events))) == in_order
+    assert run([events[2], events[0], events[1]]) == in_order
+
+
+def test_late_touch_is_stored_but_does_not_restate() -> None:
+    # the order is seen, then stream time moves 1 hour on, then a click older than the order arrives
+    r = run([
+        ("order", order(T0 + 2 * MIN)),
+        ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
+        ("touch", click(T0, "jane", "c-late")),
+    ])
+    assert winner(r) is None
+    # ... but it counts for an order after it arrived
+    r = run([
+        ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
+        ("touch", click(T0, "jane", "c-late")),
+        ("order", order(T0 + 61 * MIN, oid="o2")),
+    ])
+    assert winner(r, "o2") == ("cr-jane", "click")
+
+
+def test_duplicate_touch_and_order_change_nothing() -> None:
+    once = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN))])
+    twice = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN)),
+                 ("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN))])
+    assert once == twice
+
+
+def test_customer_code_credits_the_customer() -> None:
+    r = run([("touch", click(T0, "CFRIEND", "c1")), ("order", order(T0 + MIN))])
+    row = next(iter(r.values()))
+    assert (row["referrer_id"], row["referrer_type"], row["generation"]) == ("cus-1", "customer", 1)
+
+
+def test_expire_drops_old_orders_and_touches() -> None:
+    state = attr.new_state()
+    attr.add_touch(state, click(T0, "jane", "c1"), 0, W)
+    attr.add_touch(state, view(T0, "cr-leo", "v1"), 0, W)
+    attr.add_order(state, order(T0 + 1), 0, W)
+    attr.expire(state, T0 + 2 * DAY, W)
+    assert [t[attr.T_KIND] for t in state["t"]] == ["c"] and state["o"] == []
+    attr.expire(state, T0 + 31 * DAY, W)
+    assert attr.is_empty(state)

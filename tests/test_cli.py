@@ -1,0 +1,63 @@
+"""Bad settings and arguments: a one-line message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ripple.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ripple", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["up", "--web-port", "99999"], {}, "99999"),
+        (["up", "--bootstrap", "nohostport"], {}, "HOST:PORT"),
+        (["worker", "--bootstrap", "localhost:abc"], {}, "HOST:PORT"),
+        (["sink", "--clickhouse", "mysql://x"], {"RIPPLE_BOOTSTRAP": "127.0.0.1:9"}, "chdb://"),
+        (["up", "--partitions", "0"], {}, "partitions"),
+        (["up", "--log-level", "loud"], {}, "log-level"),
+        (["simulate", "--views", "-5", "--out", "/tmp/x"], {}, "negative"),
+        (["simulate", "--start", "yesterday", "--out", "/tmp/x"], {}, "ISO 8601"),
+        (["up"], {"RIPPLE_PARTITIONS": "eight"}, "RIPPLE_PARTITIONS"),
+        (["up"], {"RIPPLE_MAX_LATENESS_MS": "-1"}, "max_lateness_ms"),
+        (["worker"], {}, "--bootstrap"),
+        (["nonsense"], {}, "invalid choice"),
+    ],
+)
+def test_invalid_input_exits_2_with_one_line(args: list[str], env: dict[str, str], needle: str) -> None:
+    result = ripple(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_environment_and_flags_are_read_in_one_place(tmp_path: Path) -> None:
+    s = load_settings({"RIPPLE_PARTITIONS": "4", "RIPPLE_DATA_DIR": str(tmp_path)}, web_port=9000)
+    assert (s.partitions, s.data_dir, s.web_port) == (4, tmp_path, 9000)
+    assert s.clickhouse_dsn == f"chdb://{(tmp_path / 'clickhouse').resolve()}"
+    assert load_settings({}, partitions=2, bootstrap="a:1,b:2").bootstrap == "a:1,b:2"
+    with pytest.raises(ConfigError):
+        load_settings({"RIPPLE_CLICK_WINDOW_MS": "0"})
+
+
+def test_help_lists_the_commands() -> None:
+    result = ripple("--help")
+    assert result.returncode == 0
+    for command in ("up", "worker", "sink", "simulate", "migrate"):
+        assert command in result.stdout

@@ -1,0 +1,191 @@
+"""The whole pipeline on real parts: Tansu broker, Faust worker, sink, chDB.
+
+``ripple up`` runs as a user would start it; the simulator sends a few thousand events
+with a fixed seed; after a clean stop the ClickHouse data is opened and compared with
+the simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ripple.broker import free_port
+from sinks.clickhouse import ClickHouse
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Run:
+    data_dir: Path
+    out: Path
+    truth: dict[str, Any]
+    runtime: dict[str, str]
+    healthz: dict[str, Any]
+    sink_metrics: str
+    worker_metrics: str
+    second_up: subprocess.CompletedProcess[str]
+    stop_seconds: float
+    returncode: int
+    stdout: str
+    worker_pid: int
+    first_event_seconds: float
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+        return resp.read()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def start_up(data_dir: Path, port: int, extra_env: dict[str, str]) -> subprocess.Popen[str]:
+    env = {**os.environ, **extra_env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ripple", "up", "--data-dir", str(data_dir), "--web-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    data_dir = tmp_path_factory.mktemp("up") / "data"
+    out = data_dir.parent / "sim"
+    port = free_port()
+    # The simulator squeezes two weeks into a second, so stream time races ahead of the
+    # slower topics; a lateness bound longer than the run keeps every event on time.
+    env = {"RIPPLE_MAX_LATENESS_MS": str(400 * 86_400_000)}
+    started = time.monotonic()
+    proc = start_up(data_dir, port, env)
+    try:
+        runtime_file = data_dir / "runtime.json"
+        wait_for(runtime_file.exists, 60, "runtime.json")
+        runtime = json.loads(runtime_file.read_text())
+        sim = subprocess.run(
+            [sys.executable, "-m", "ripple", "simulate", "--data-dir", str(data_dir), "--seed", "7",
+             "--start", "2026-01-01T00:00:00Z", "--views", "4000", "--out", str(out)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **env},
+        )
+        assert sim.returncode == 0, sim.stderr
+        truth = json.loads((out / "ground_truth.json").read_text())
+        totals_url = f"{runtime['web']}/api/totals"
+
+        def first_event() -> bool:
+            return json.loads(get(totals_url)).get("views", 0) > 0
+
+        wait_for(first_event, 120, "the first stored event")
+        first_event_seconds = time.monotonic() - started
+        expected_orders = truth["counts"]["orders"]
+        expected_attributed = sum(1 for v in truth["last_click"].values() if v)
+
+        def settled() -> bool:
+            t = json.loads(get(totals_url))
+            health = json.loads(get(f"{runtime['web']}/healthz"))
+            lag = sum(v["lag"] for v in health.get("topics", {}).values())
+            return (t["orders"] == expected_orders and t["dead_letters"] == truth["malformed"]
+                    and t["attributed"] >= expected_attributed and lag == 0)
+
+        wait_for(settled, 180, "every event to be processed")
+        time.sleep(2)  # one more sink flush for late restatements
+        healthz = json.loads(get(f"{runtime['web']}/healthz"))
+        sink_metrics = get(f"{runtime['web']}/metrics").decode()
+        worker_metrics = get(f"{runtime['worker_metrics']}/metrics").decode()
+        second = subprocess.run(
+            [sys.executable, "-m", "ripple", "up", "--data-dir", str(data_dir), "--web-port", str(free_port())],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+        stop_seconds = time.monotonic() - t0
+        worker_pid = int(next(line for line in stdout.splitlines() if line.startswith("worker")).split()[2].rstrip(","))
+        yield Run(data_dir, out, truth, runtime, healthz, sink_metrics, worker_metrics, second, stop_seconds,
+                  proc.returncode, stdout, worker_pid, first_event_seconds)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ch(run: Run) -> Iterator[ClickHouse]:
+    client = ClickHouse(f"chdb://{run.data_dir / 'clickhouse'}")
+    yield client
+    client.close()
+
+
+def test_stops_cleanly_within_15_seconds(run: Run) -> None:
+    print(f"\nfirst event stored {run.first_event_seconds:.1f} s after 'ripple up'; stopped in {run.stop_seconds:.1f} s")
+    assert run.returncode == 0, run.stdout
+    assert run.stop_seconds < 15
+    assert not (run.data_dir / "runtime.json").exists()
+
+
+def test_no_child_process_is_left_behind(run: Run) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(run.worker_pid, 0)
+    host, port = run.runtime["bootstrap"].split(":")
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
+        pass
+
+
+def test_second_up_on_the_same_data_dir_is_refused(run: Run) -> None:
+    assert run.second_up.returncode == 1
+    assert "already running" in run.second_up.stderr
+    assert "Traceback" not in run.second_up.stderr
+
+
+def test_runtime_file_and_web_endpoints(run: Run) -> None:
+    assert run.runtime["bootstrap"].startswith("127.0.0.1:")
+    assert run.runtime["web"].startswith("http://127.0.0.1:")
+    assert set(run.healthz["topics"]) == {"views", "clicks", "orders", "refunds", "codes", "creators"}
+    assert all(v["lag"] == 0 for v in run.healthz["topics"].values())
+    assert run.healthz["sink"]["flushed_offsets"]["orders"]
+    assert "ripple_sink_rows_total" in run.sink_metrics
+    assert 'ripple_events_in_total{topic="orders"}' in run.worker_metrics
+
+
+@pytest.mark.parametrize("table", ["views", "clicks", "orders", "refunds", "codes", "creators"])
+def test_every_valid_event_is_stored_exactly_once(run: Run, ch: ClickHouse, table: str) -> None:
+    key = {"orders": "order_id", "codes": "code_lower", "creators": "creator_id"}.get(table, "event_id")
+    final = ch.query(f"SELECT count(), uniqExact({key}) FROM ripple.{table} FINAL")[0]  # noqa: S608 - fixed names
+    assert final == (run.truth["counts"][table], run.truth["counts"][table])
+
+
+def test_every_malformed_message_is_a_dead_letter(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query("SELECT topic, error FROM ripple.dead_letters FINAL")
+    assert len(rows) == run.truth["malformed"]
+    assert all(error for _, error in rows)
+
+
+def test_last_click_attributions_equal_the_ground_truth(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query(
+        "SELECT order_id, referrer_id, touch_type, credit FROM ripple.attributions FINAL "
+        "WHERE model = 'last_click' AND credit > 0"
+    )
+    got = {order_id: {"referrer_id": ref, "touch_type": kind} for order_id, ref, kind, _ in rows}
+    expected = {k: v for k, v in run.truth["last_click"].items() if v}
+    assert got == expected
+    assert all(credit == 1.0 for *_, credit in rows)
