@@ -155,7 +155,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
     import uvloop
 
+    from ripple.broker import create_topics
     from streams.app import create_app
+
+    create_topics(settings.bootstrap, settings.partitions)  # idempotent: existing topics stay
 
     if args.web_port is None:
         settings = settings.replace(web_port=6066)
@@ -169,8 +172,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.bootstrap:
         raise ConfigError("the sink needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
+    from ripple.broker import create_topics
     from ripple.services import run_sink
 
+    create_topics(settings.bootstrap, settings.partitions)
     port = args.web_port if args.web_port is not None else 8081
     asyncio.run(run_sink(settings, port))
     return 0

@@ -28,8 +28,15 @@ def reference() -> ReferenceData:
 
 
 def order(ts: int, code: str | None = None, oid: str = "o1") -> dict[str, Any]:
-    ev = {"event_id": f"e-{oid}", "ts": ts, "order_id": oid, "visitor_id": "v", "customer_id": "c",
-          "amount_minor": 10_000, "currency": "USD"}
+    ev = {
+        "event_id": f"e-{oid}",
+        "ts": ts,
+        "order_id": oid,
+        "visitor_id": "v",
+        "customer_id": "c",
+        "amount_minor": 10_000,
+        "currency": "USD",
+    }
     if code:
         ev["discount_code"] = code
     return ev
@@ -76,7 +83,9 @@ def winner(result: dict[str, dict[str, Any]], oid: str = "o1") -> tuple[str, str
 
 
 def test_last_click_wins() -> None:
-    r = run([("touch", click(T0, "jane", "c1")), ("touch", click(T0 + MIN, "leo", "c2")), ("order", order(T0 + 2 * MIN))])
+    r = run(
+        [("touch", click(T0, "jane", "c1")), ("touch", click(T0 + MIN, "leo", "c2")), ("order", order(T0 + 2 * MIN))]
+    )
     assert winner(r) == ("cr-leo", "click")
 
 
@@ -127,7 +136,11 @@ def test_out_of_order_click_restates_with_a_higher_version_and_zeroes_the_loser(
 
 
 def test_arrival_order_within_lateness_does_not_change_the_result() -> None:
-    events = [("touch", click(T0, "jane", "c1")), ("touch", click(T0 + MIN, "leo", "c2")), ("order", order(T0 + 2 * MIN))]
+    events = [
+        ("touch", click(T0, "jane", "c1")),
+        ("touch", click(T0 + MIN, "leo", "c2")),
+        ("order", order(T0 + 2 * MIN)),
+    ]
     in_order = run(events)
     assert run(list(reversed(events))) == in_order
     assert run([events[2], events[0], events[1]]) == in_order
@@ -135,25 +148,35 @@ def test_arrival_order_within_lateness_does_not_change_the_result() -> None:
 
 def test_late_touch_is_stored_but_does_not_restate() -> None:
     # the order is seen, then stream time moves 1 hour on, then a click older than the order arrives
-    r = run([
-        ("order", order(T0 + 2 * MIN)),
-        ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
-        ("touch", click(T0, "jane", "c-late")),
-    ])
+    r = run(
+        [
+            ("order", order(T0 + 2 * MIN)),
+            ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
+            ("touch", click(T0, "jane", "c-late")),
+        ]
+    )
     assert winner(r) is None
     # ... but it counts for an order after it arrived
-    r = run([
-        ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
-        ("touch", click(T0, "jane", "c-late")),
-        ("order", order(T0 + 61 * MIN, oid="o2")),
-    ])
+    r = run(
+        [
+            ("touch", view(T0 + 60 * MIN, "cr-leo", "v-other")),
+            ("touch", click(T0, "jane", "c-late")),
+            ("order", order(T0 + 61 * MIN, oid="o2")),
+        ]
+    )
     assert winner(r, "o2") == ("cr-jane", "click")
 
 
 def test_duplicate_touch_and_order_change_nothing() -> None:
     once = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN))])
-    twice = run([("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN)),
-                 ("touch", click(T0, "jane", "c1")), ("order", order(T0 + MIN))])
+    twice = run(
+        [
+            ("touch", click(T0, "jane", "c1")),
+            ("order", order(T0 + MIN)),
+            ("touch", click(T0, "jane", "c1")),
+            ("order", order(T0 + MIN)),
+        ]
+    )
     assert once == twice
 
 

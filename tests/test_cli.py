@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ripple", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [sys.executable, "-m", "ripple", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
 

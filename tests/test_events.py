@@ -92,13 +92,13 @@ def test_a_bad_element_of_an_array_is_rejected_alone() -> None:
     "raw, reason",
     [
         (b"", "not JSON"),
-        (b"{\"event_id\": ", "not JSON"),
+        (b'{"event_id": ', "not JSON"),
         (b"\xff\xfe\x00", "not JSON"),
         (b"NaN", "not JSON"),
         (b"42", "JSON object"),
         (b"[1, 2]", "JSON object"),
         (b"null", "JSON object"),
-        (b"{\"a\": 1e999}", "not JSON"),
+        (b'{"a": 1e999}', "not JSON"),
     ],
 )
 def test_garbage_is_rejected_with_its_raw_bytes(raw: bytes, reason: str) -> None:

@@ -47,7 +47,7 @@ class Run:
 
 
 def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read()
 
 
@@ -65,7 +65,11 @@ def start_up(data_dir: Path, port: int, extra_env: dict[str, str]) -> subprocess
     env = {**os.environ, **extra_env}
     return subprocess.Popen(
         [sys.executable, "-m", "ripple", "up", "--data-dir", str(data_dir), "--web-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -84,9 +88,27 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         wait_for(runtime_file.exists, 60, "runtime.json")
         runtime = json.loads(runtime_file.read_text())
         sim = subprocess.run(
-            [sys.executable, "-m", "ripple", "simulate", "--data-dir", str(data_dir), "--seed", "7",
-             "--start", "2026-01-01T00:00:00Z", "--views", "4000", "--out", str(out)],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **env},
+            [
+                sys.executable,
+                "-m",
+                "ripple",
+                "simulate",
+                "--data-dir",
+                str(data_dir),
+                "--seed",
+                "7",
+                "--start",
+                "2026-01-01T00:00:00Z",
+                "--views",
+                "4000",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, **env},
         )
         assert sim.returncode == 0, sim.stderr
         truth = json.loads((out / "ground_truth.json").read_text())
@@ -104,8 +126,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             t = json.loads(get(totals_url))
             health = json.loads(get(f"{runtime['web']}/healthz"))
             lag = sum(v["lag"] for v in health.get("topics", {}).values())
-            return (t["orders"] == expected_orders and t["dead_letters"] == truth["malformed"]
-                    and t["attributed"] >= expected_attributed and lag == 0)
+            return (
+                t["orders"] == expected_orders
+                and t["dead_letters"] == truth["malformed"]
+                and t["attributed"] >= expected_attributed
+                and lag == 0
+            )
 
         wait_for(settled, 180, "every event to be processed")
         time.sleep(2)  # one more sink flush for late restatements
@@ -114,15 +140,31 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         worker_metrics = get(f"{runtime['worker_metrics']}/metrics").decode()
         second = subprocess.run(
             [sys.executable, "-m", "ripple", "up", "--data-dir", str(data_dir), "--web-port", str(free_port())],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
         )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=30)
         stop_seconds = time.monotonic() - t0
         worker_pid = int(next(line for line in stdout.splitlines() if line.startswith("worker")).split()[2].rstrip(","))
-        yield Run(data_dir, out, truth, runtime, healthz, sink_metrics, worker_metrics, second, stop_seconds,
-                  proc.returncode, stdout, worker_pid, first_event_seconds)
+        yield Run(
+            data_dir,
+            out,
+            truth,
+            runtime,
+            healthz,
+            sink_metrics,
+            worker_metrics,
+            second,
+            stop_seconds,
+            proc.returncode,
+            stdout,
+            worker_pid,
+            first_event_seconds,
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -137,7 +179,9 @@ def ch(run: Run) -> Iterator[ClickHouse]:
 
 
 def test_stops_cleanly_within_15_seconds(run: Run) -> None:
-    print(f"\nfirst event stored {run.first_event_seconds:.1f} s after 'ripple up'; stopped in {run.stop_seconds:.1f} s")
+    print(
+        f"\nfirst event stored {run.first_event_seconds:.1f} s after 'ripple up'; stopped in {run.stop_seconds:.1f} s"
+    )
     assert run.returncode == 0, run.stdout
     assert run.stop_seconds < 15
     assert not (run.data_dir / "runtime.json").exists()
@@ -170,7 +214,7 @@ def test_runtime_file_and_web_endpoints(run: Run) -> None:
 @pytest.mark.parametrize("table", ["views", "clicks", "orders", "refunds", "codes", "creators"])
 def test_every_valid_event_is_stored_exactly_once(run: Run, ch: ClickHouse, table: str) -> None:
     key = {"orders": "order_id", "codes": "code_lower", "creators": "creator_id"}.get(table, "event_id")
-    final = ch.query(f"SELECT count(), uniqExact({key}) FROM ripple.{table} FINAL")[0]  # noqa: S608 - fixed names
+    final = ch.query(f"SELECT count(), uniqExact({key}) FROM ripple.{table} FINAL")[0]
     assert final == (run.truth["counts"][table], run.truth["counts"][table])
 
 
