@@ -111,6 +111,8 @@ def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> lis
             continue
         config = {"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {}
         wanted.append(NewTopic(name, num_partitions=partitions, replication_factor=1, config=config))
+    if not wanted:
+        return []
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
         try:
