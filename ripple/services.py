@@ -146,6 +146,7 @@ class Up:
         self.sim_thread: threading.Thread | None = None
         self.sim_stop = threading.Event()
         self.sim_sent = 0
+        self.worker_url = ""
         self.started = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -173,6 +174,7 @@ class Up:
         created = create_topics(s.bootstrap, s.partitions)
         self.say(f"topics     {len(created)} created, {s.partitions} partitions each")
         worker_port = free_port()
+        self.worker_url = f"http://127.0.0.1:{worker_port}"
         log_path = s.data_dir / "logs" / "worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as worker_log:
@@ -251,14 +253,15 @@ class Up:
         now = time.monotonic()
         rate = (events - last[1]) / max(now - last[0], 1e-6)
         lag = "?"
+        loop = asyncio.get_running_loop()
         if self.service.monitor is not None:
             with contextlib.suppress(Exception):
-                lags = await asyncio.get_running_loop().run_in_executor(None, self.service.monitor.lag)
+                lags = await loop.run_in_executor(None, self.service.monitor.lag)
                 lag = str(sum(v["lag"] for v in lags.values()))
-        attributed = written["attributions"]
+        attributed = await loop.run_in_executor(None, self._orders_attributed)
         self.say(
             f"[{now - self.started:6.0f}s] {rate:8.0f} events/s in | {events} events stored | "
-            f"{attributed} attribution rows | {rows['dead_letters']} dead letters | worker lag {lag}"
+            f"{attributed} orders attributed | {rows['dead_letters']} dead letters | worker lag {lag}"
         )
         return now, events
 
@@ -275,6 +278,20 @@ class Up:
             if sum(v["lag"] for v in lags.values()) == 0:
                 return
             await asyncio.sleep(0.3)
+
+    def _orders_attributed(self) -> str:
+        """The worker's own count, read from its /metrics."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.worker_url}/metrics", timeout=2) as resp:  # noqa: S310 - loopback
+                text = resp.read().decode()
+        except OSError:
+            return "?"
+        for line in text.splitlines():
+            if line.startswith("ripple_orders_attributed_total "):
+                return str(int(float(line.split()[1])))
+        return "0"
 
     async def _shutdown(self) -> None:
         t0 = time.monotonic()
