@@ -11,7 +11,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from ripple.config import COMPACTED_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
+from ripple.config import COMPACTED_TOPICS, INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger("ripple.broker")
 
@@ -106,7 +106,7 @@ def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> lis
                 raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
             time.sleep(0.5)
     wanted = []
-    for name in (*INPUT_TOPICS, *OUTPUT_TOPICS):
+    for name in (*INPUT_TOPICS, *INTERNAL_TOPICS, *OUTPUT_TOPICS):
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {}

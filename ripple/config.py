@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.models import MODELS, POLICIES
+
 INPUT_TOPICS = ("views", "clicks", "orders", "refunds", "codes", "creators")
 #: Topics whose records are keyed by visitor and read together by one task.
 COPARTITIONED_TOPICS = ("views", "clicks", "orders")
 COMPACTED_TOPICS = ("codes", "creators")
-OUTPUT_TOPICS = ("attributions", "deadletter")
+OUTPUT_TOPICS = ("attributions", "commission_ledger", "conflicts", "late_events", "deadletter")
+#: Worker-to-worker topics: credits keyed by referrer, commission terms keyed by order id.
+INTERNAL_TOPICS = ("ripple-credits", "ripple-commissions")
+
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -42,6 +47,9 @@ class Settings:
     max_lateness_ms: int = 10 * MINUTE_MS
     max_future_ms: int = DAY_MS
     max_touches_per_visitor: int = 64
+    half_life_ms: int = 7 * DAY_MS
+    policy: str = "code_wins"
+    commission_model: str = "last_click"
     # worker batching
     worker_batch: int = 500
     worker_batch_ms: int = 50
@@ -65,7 +73,7 @@ class Settings:
 
 
 _INT_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)}
-_STR_FIELDS = {"bootstrap", "clickhouse", "web_host", "log_level"}
+_STR_FIELDS = {"bootstrap", "clickhouse", "web_host", "log_level", "policy", "commission_model"}
 _LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 
@@ -103,6 +111,7 @@ def validate(s: Settings) -> None:
         "click_window_ms",
         "view_window_ms",
         "max_touches_per_visitor",
+        "half_life_ms",
         "worker_batch",
         "worker_batch_ms",
         "sink_batch_rows",
@@ -121,6 +130,10 @@ def validate(s: Settings) -> None:
         check_hostport(s.bootstrap, "bootstrap")
     if s.clickhouse is not None and not s.clickhouse.startswith(("chdb://", "http://", "https://")):
         raise ConfigError(f"ClickHouse DSN must start with chdb://, http:// or https://, got {s.clickhouse!r}")
+    if s.policy not in POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {s.policy!r}")
+    if s.commission_model not in MODELS:
+        raise ConfigError(f"commission model must be one of {', '.join(MODELS)}, got {s.commission_model!r}")
     if s.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
 

@@ -208,6 +208,32 @@ ATTRIBUTION_COLUMNS = (
     "ts",
 )
 DEAD_LETTER_COLUMNS = ("topic", "partition", "offset", "idx", "error", "raw", "ts")
+#: output topics whose JSON records map one to one onto a table's columns
+JSON_TABLES: dict[str, tuple[str, ...]] = {
+    "attributions": ATTRIBUTION_COLUMNS,
+    "commission_ledger": (
+        "entry_id",
+        "order_id",
+        "referrer_id",
+        "kind",
+        "commission_minor",
+        "currency",
+        "status",
+        "ts",
+        "version",
+    ),
+    "conflicts": (
+        "order_id",
+        "code_referrer_id",
+        "click_referrer_id",
+        "policy",
+        "winner",
+        "ts",
+        "active",
+        "version",
+    ),
+    "late_events": ("topic", "event_id", "ts", "stream_time", "lateness_ms", "partition"),
+}
 
 
 def rows_for_message(
@@ -218,9 +244,10 @@ def rows_for_message(
         spec = SPECS[topic]
         good, _ = decode(topic, value, timestamp)  # the worker dead-letters the rest
         return spec.table, spec.columns, [spec.row(e, timestamp) for e in good]
-    if topic == "attributions":
+    if topic in JSON_TABLES:
+        columns = JSON_TABLES[topic]
         row = orjson.loads(value or b"{}")
-        return "attributions", ATTRIBUTION_COLUMNS, [tuple(row[c] for c in ATTRIBUTION_COLUMNS)]
+        return topic, columns, [tuple(row[c] for c in columns)]
     if topic == "deadletter":
         h = {k: v for k, v in headers or []}
         return (

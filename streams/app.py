@@ -25,6 +25,7 @@ from mode import Service
 from ripple.config import COPARTITIONED_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from streams import attribution as attr
+from streams import commission as comm
 from streams.events import Rejected, decode
 from streams.reference import ReferenceData
 
@@ -130,22 +131,32 @@ def create_app(settings: Settings) -> faust.App:
         view_ms=settings.view_window_ms,
         max_lateness_ms=settings.max_lateness_ms,
         max_touches=settings.max_touches_per_visitor,
+        half_life_ms=settings.half_life_ms,
     )
+    batch, within = settings.worker_batch, settings.worker_batch_ms / 1000
 
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
 
-    visitor_topics = raw_topic(*COPARTITIONED_TOPICS)
-    other_topics = raw_topic("refunds", "codes", "creators")
-    attributions_topic = raw_topic("attributions")
+    def state_table(name: str) -> Any:
+        return app.Table(
+            name,
+            default=None,
+            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            partitions=settings.partitions,
+        )
+
+    out = {name: raw_topic(name) for name in ("attributions", "commission_ledger", "conflicts", "late_events")}
+    credits_topic = raw_topic("ripple-credits")
+    commissions_topic = raw_topic("ripple-commissions")
     deadletter_topic = raw_topic("deadletter")
-    visitor_state = app.Table(
-        "visitor_state",
-        default=None,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-        partitions=settings.partitions,
-    )
-    stream_time: dict[int, int] = {}
+    visitor_state = state_table("visitor_state")
+    referrer_state = state_table("referrer_state")
+    order_state = state_table("order_state")
+
+    async def send(topic: faust.TopicT, key: str, value: dict[str, Any], name: str) -> None:
+        await topic.send(key=key.encode(), value=orjson.dumps(value))
+        metrics.rows_out.labels(name).inc()
 
     async def dead_letter(topic: str, partition: int, offset: int, bad: Iterable[Rejected]) -> None:
         for r in bad:
@@ -162,30 +173,7 @@ def create_app(settings: Settings) -> faust.App:
                 ],
             )
 
-    def table_put(partition: int, key: str, value: Any) -> None:
-        # Explicit partition: the state of a visitor lives in the changelog partition of
-        # the input partition that holds the visitor, whatever the batch's last event was.
-        kb = key.encode()
-        if value is None:
-            if visitor_state.data.pop(kb, None) is not None:
-                visitor_state.send_changelog(partition, kb, None, value_serializer="raw")
-        else:
-            visitor_state.data[kb] = value
-            visitor_state.send_changelog(partition, kb, value)
-
-    async def emit_rows(rows: list[attr.Row]) -> None:
-        for row in rows:
-            await attributions_topic.send(key=row["order_id"].encode(), value=orjson.dumps(row))
-        metrics.rows_out.labels("attributions").inc(len(rows))
-
-    @app.agent(visitor_topics, name="visitors")
-    async def visitor_agent(stream: Any) -> None:
-        async for events in stream.take_events(settings.worker_batch, within=settings.worker_batch_ms / 1000):
-            await handle_visitor_batch(events)
-
-    async def handle_visitor_batch(events: list[Any]) -> None:
-        started = time.perf_counter()
-        touched: dict[str, tuple[int, attr.State]] = {}
+    async def decode_batch(events: list[Any]) -> list[tuple[str, int, dict[str, Any]]]:
         decoded: list[tuple[str, int, dict[str, Any]]] = []
         for ev in events:
             msg = ev.message
@@ -195,26 +183,82 @@ def create_app(settings: Settings) -> faust.App:
                 await dead_letter(msg.topic, msg.partition, msg.offset, bad)
             metrics.events_in.labels(msg.topic).inc(len(good))
             decoded.extend((msg.topic, msg.partition, e) for e in good)
+        return decoded
+
+    def table_put(table: Any, partition: int, key: str, value: Any) -> None:
+        # Explicit partition: a key's state lives in the changelog partition of the input
+        # partition that holds the key, whatever the batch's last event was.
+        kb = key.encode()
+        if value is None:
+            if table.data.pop(kb, None) is not None:
+                table.send_changelog(partition, kb, None, value_serializer="raw")
+        else:
+            table.data[kb] = value
+            table.send_changelog(partition, kb, value)
+
+    class StreamClock:
+        """Stream time per partition number, kept in the agent's own table."""
+
+        def __init__(self, table: Any, name: str) -> None:
+            self.table = table
+            self.key = STREAM_TIME_KEY + name
+            self.times: dict[int, int] = {}
+
+        def get(self, partition: int) -> int:
+            st = self.times.get(partition)
+            if st is None:
+                stored = self.table.data.get(f"{self.key}:{partition}".encode())
+                st = self.times[partition] = int(stored) if stored is not None else 0
+            return st
+
+        def advance(self, partition: int, ts: int) -> None:
+            self.times[partition] = max(self.get(partition), ts)
+
+        def persist(self, partitions: Iterable[int]) -> None:
+            for p in set(partitions):
+                table_put(self.table, p, f"{self.key}:{p}", self.times[p])
+
+    visitor_clock = StreamClock(visitor_state, "visitors")
+    order_clock = StreamClock(order_state, "orders")
+
+    # -- visitors: views, clicks, orders -> credits ------------------------------------
+    @app.agent(raw_topic(*COPARTITIONED_TOPICS), name="visitors")
+    async def visitor_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await handle_visitor_batch(events)
+
+    async def handle_visitor_batch(events: list[Any]) -> None:
+        started = time.perf_counter()
+        decoded = await decode_batch(events)
         if any(t == "orders" and e.get("discount_code") for t, _, e in decoded):
             await reader.sync()
-        rows: list[attr.Row] = []
+        touched: dict[str, tuple[int, attr.State]] = {}
         for topic, partition, event in decoded:
-            visitor = event.get("visitor_id")
-            st = stream_time.get(partition)
-            if st is None:
-                stored = visitor_state.data.get(STREAM_TIME_KEY.encode() + str(partition).encode())
-                st = int(stored) if stored is not None else 0
+            st = visitor_clock.get(partition)
             if attr.is_late(event["ts"], st, windows):
                 metrics.late_events.labels(topic).inc()
+                await send(
+                    out["late_events"],
+                    event.get("event_id", ""),
+                    {
+                        "topic": topic,
+                        "event_id": event["event_id"],
+                        "ts": event["ts"],
+                        "stream_time": st,
+                        "lateness_ms": st - event["ts"],
+                        "partition": partition,
+                    },
+                    "late_events",
+                )
+            visitor_clock.advance(partition, event["ts"])
+            visitor = event.get("visitor_id")
             if visitor is None:
-                stream_time[partition] = max(st, event["ts"])
                 continue  # an anonymous view: a fact for the creator, no visitor touch
             entry = touched.get(visitor)
             state = entry[1] if entry else visitor_state.data.get(visitor.encode()) or attr.new_state()
             touched[visitor] = (partition, state)
             if topic == "orders":
-                record = attr.add_order(state, event, st, windows)
-                rows.extend(attr.attribute(state, record, reference, windows))
+                await credit(state, attr.add_order(state, event, st, windows))
                 metrics.orders_attributed.inc()
             else:
                 if topic == "clicks":
@@ -222,26 +266,168 @@ def create_app(settings: Settings) -> faust.App:
                 else:
                     touch = [event["ts"], "v", event["creator_id"], event["event_id"], 0]
                 for order in attr.add_touch(state, touch, st, windows):
-                    rows.extend(attr.attribute(state, order, reference, windows))
-            stream_time[partition] = max(st, event["ts"])
+                    await credit(state, order)
         for visitor, (partition, state) in touched.items():
-            attr.expire(state, stream_time[partition], windows)
-            table_put(partition, visitor, None if attr.is_empty(state) else state)
-        for partition in {p for _, p, _ in decoded}:
-            table_put(partition, STREAM_TIME_KEY + str(partition), stream_time[partition])
-        await emit_rows(rows)
+            attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
+            table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
+        visitor_clock.persist(p for _, p, _ in decoded)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    @app.agent(other_topics, name="reference")
-    async def other_agent(stream: Any) -> None:
-        async for events in stream.take_events(settings.worker_batch, within=settings.worker_batch_ms / 1000):
-            for ev in events:
-                msg = ev.message
-                metrics.messages_in.labels(msg.topic).inc()
-                good, bad = decode(msg.topic, msg.value, int(msg.timestamp * 1000), settings.max_future_ms)
-                metrics.events_in.labels(msg.topic).inc(len(good))
-                if bad:
-                    await dead_letter(msg.topic, msg.partition, msg.offset, bad)
+    async def credit(state: attr.State, order: list[Any]) -> None:
+        result = attr.credit_order(state, order, reference, windows, settings.policy)
+        for row in attr.rows_for(order, result, reference):
+            await send(credits_topic, row["referrer_id"], row, "ripple-credits")
+        ever = order[attr.O_EVER]
+        if result.conflict is not None:
+            ever["_conflict"] = True
+            await send(out["conflicts"], order[attr.O_ID], {**result.conflict, "active": 1}, "conflicts")
+        elif ever.get("_conflict"):
+            await send(
+                out["conflicts"],
+                order[attr.O_ID],
+                {
+                    "order_id": order[attr.O_ID],
+                    "code_referrer_id": "",
+                    "click_referrer_id": "",
+                    "policy": settings.policy,
+                    "winner": "",
+                    "ts": order[attr.O_TS],
+                    "version": result.version,
+                    "active": 0,
+                },
+                "conflicts",
+            )
+
+    # -- referrers: credits -> attributions with commission, commission terms ----------
+    @app.agent(credits_topic, name="referrers")
+    async def referrer_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await handle_referrer_batch(events)
+
+    async def handle_referrer_batch(events: list[Any]) -> None:
+        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        for ev in events:
+            msg = ev.message
+            row = orjson.loads(msg.value)
+            referrer = row["referrer_id"]
+            entry = touched.get(referrer)
+            book = entry[1] if entry else referrer_state.data.get(referrer.encode()) or comm.new_book()
+            touched[referrer] = (msg.partition, book)
+            plan = comm.plan_from(reference.plan(referrer))
+            seq = comm.next_seq(book)
+            version = (row["version"] << 32) | seq
+            if row["model"] != settings.commission_model:
+                row["commission_minor"] = round(row["credit"] * row["amount_minor"] * plan.rate)
+                await send(out["attributions"], row["order_id"], {**row, "version": version}, "attributions")
+                continue
+            new_month, changed = comm.book_order(book, row, plan)
+            if new_month:
+                fee = comm.flat_fee_entry(referrer, comm.month_of(row["ts"]), plan, row["currency"])
+                if fee is not None:
+                    await send(out["commission_ledger"], fee["entry_id"], fee, "commission_ledger")
+            for order_id, b in changed:
+                credit_, amount, rate = b[comm.B_CREDIT], b[comm.B_AMOUNT], b[comm.B_RATE]
+                attribution = {
+                    "order_id": order_id,
+                    "model": row["model"],
+                    "referrer_id": referrer,
+                    **b[comm.B_ROW],
+                    "credit": credit_,
+                    "revenue_minor": round(credit_ * amount),
+                    "commission_minor": round(credit_ * amount * rate),
+                    "currency": b[comm.B_CURRENCY],
+                    "version": (b[comm.B_VERSION] << 32) | seq,
+                    "ts": b[comm.B_TS],
+                }
+                await send(out["attributions"], order_id, attribution, "attributions")
+                await send(
+                    commissions_topic,
+                    order_id,
+                    {
+                        "order_id": order_id,
+                        "referrer_id": referrer,
+                        "credit": credit_,
+                        "amount_minor": amount,
+                        "rate": rate,
+                        "currency": b[comm.B_CURRENCY],
+                        "ts": b[comm.B_TS],
+                        "hold_days": plan.hold_days,
+                        "version": attribution["version"],
+                    },
+                    "ripple-commissions",
+                )
+            comm.prune_book(book, row["ts"])
+        for referrer, (partition, book) in touched.items():
+            table_put(referrer_state, partition, referrer, book)
+
+    # -- orders: refunds + commission terms -> ledger ----------------------------------
+    @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
+    async def ledger_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await handle_ledger_batch(events)
+
+    async def handle_ledger_batch(events: list[Any]) -> None:
+        refunds = [e for e in events if e.message.topic == "refunds"]
+        facts = [e for e in events if e.message.topic != "refunds"]
+        items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds) if refunds else []
+        items += [("ripple-commissions", e.message.partition, orjson.loads(e.message.value)) for e in facts]
+        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        changed: set[str] = set()
+        for topic, partition, item in items:
+            order_id = item["order_id"]
+            entry = touched.get(order_id)
+            ledger = entry[1] if entry else order_state.data.get(order_id.encode()) or comm.new_ledger(partition)
+            touched[order_id] = (partition, ledger)
+            if topic == "refunds":
+                if comm.ledger_add_refund(ledger, item):
+                    changed.add(order_id)
+            elif comm.ledger_set_commission(ledger, item):
+                changed.add(order_id)
+            order_clock.advance(partition, item["ts"])
+        for partition in {p for p, _ in touched.values()}:
+            for order_id in pending_due(partition):
+                entry = touched.get(order_id)
+                ledger = entry[1] if entry else order_state.data.get(order_id.encode())
+                if ledger is None:
+                    continue
+                ledger["approved"] = True
+                touched[order_id] = (partition, ledger)
+                changed.add(order_id)
+        for order_id in sorted(changed):
+            partition, ledger = touched[order_id]
+            if ledger["c"]:
+                for e in comm.ledger_entries(order_id, ledger):
+                    await send(out["commission_ledger"], e["entry_id"], e, "commission_ledger")
+                end = comm.hold_end(ledger)
+                if not ledger["approved"] and end is not None:
+                    pending.setdefault(partition, {})[order_id] = end
+        for order_id, (partition, ledger) in touched.items():
+            table_put(order_state, partition, order_id, ledger)
+        order_clock.persist(p for p, _ in touched.values())
+
+    pending: dict[int, dict[str, int]] = {}  # partition -> order_id -> hold end (event time)
+    pending_loaded: set[int] = set()
+
+    def pending_due(partition: int) -> list[str]:
+        if partition not in pending_loaded:
+            # after a start or a rebalance: rebuild the index from the recovered table
+            pending_loaded.add(partition)
+            for key, ledger in list(order_state.data.items()):
+                if isinstance(ledger, dict) and ledger.get("p") == partition and not ledger.get("approved"):
+                    end = comm.hold_end(ledger)
+                    if end is not None:
+                        pending.setdefault(partition, {})[key.decode()] = end
+        now = order_clock.get(partition)
+        due = [o for o, end in pending.get(partition, {}).items() if end <= now]
+        for o in due:
+            del pending[partition][o]
+        return due
+
+    # -- reference topics: validated for the dead-letter topic --------------------------
+    @app.agent(raw_topic("codes", "creators"), name="reference")
+    async def reference_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await decode_batch(events)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -251,6 +437,6 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
-        return web.json({"status": "ok", "assigned": assignment, "stream_time": stream_time})
+        return web.json({"status": "ok", "assigned": assignment, "stream_time": visitor_clock.times})
 
     return app

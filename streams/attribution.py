@@ -3,7 +3,7 @@
 State per visitor is a small JSON-able dict, so it can live in a Faust table:
 
 ``{"t": [[ts, kind, ref, event_id, eligible_from], ...],   # touches, sorted by ts
-   "o": [[ts, order_id, event_id, code, amount, currency, ever], ...]}``  # recent orders
+   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer], ...]}``
 
 * ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
   ``ref`` is the creator).
@@ -11,10 +11,11 @@ State per visitor is a small JSON-able dict, so it can live in a Faust table:
   time) counts only for orders at or after that event time, so it never changes an
   order that was already final, on the first run or on a replay.
 * Recent orders stay for ``max_lateness`` of stream time; a touch that arrives within
-  that time restates them. ``ever`` is every referrer the order has ever been credited
-  to, so a restatement writes zero rows for those that lost credit.
+  that time restates them. ``ever`` maps each model to every referrer the order has ever
+  been credited to, so a restatement writes zero rows for those that lost credit.
 
-Every row carries ``version`` = 1 + number of touches that qualified. Touches are only
+Every row carries ``version`` = 1 + number of stored touches inside the longest window
+before the order (+1 for a code). Touches are only
 ever added, so a restatement always has a higher version than what it replaces, and the
 same final state always gives the same rows: replays collapse in ClickHouse.
 """
@@ -25,9 +26,8 @@ from bisect import insort
 from dataclasses import dataclass
 from typing import Any
 
-from streams.reference import ReferenceData
-
-MODEL_LAST_CLICK = "last_click"
+from streams.models import DEFAULT_HALF_LIFE_MS, MODELS, weights
+from streams.reference import ReferenceData, Referrer
 
 State = dict[str, list[list[Any]]]
 Row = dict[str, Any]
@@ -35,7 +35,7 @@ Row = dict[str, Any]
 # touch fields
 T_TS, T_KIND, T_REF, T_ID, T_FROM = range(5)
 # retained order fields
-O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER = range(7)
+O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER = range(8)
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Windows:
     view_ms: int
     max_lateness_ms: int
     max_touches: int = 64
+    half_life_ms: int = DEFAULT_HALF_LIFE_MS
 
     @property
     def longest_ms(self) -> int:
@@ -77,10 +78,11 @@ def add_touch(state: State, touch: list[Any], stream_time: int, w: Windows) -> l
 
 
 def _eligible(t: list[Any], order_ts: int, w: Windows) -> bool:
-    if t[T_TS] > order_ts or order_ts < t[T_FROM]:
-        return False
-    window = w.click_ms if t[T_KIND] == "c" else w.view_ms
-    return order_ts - t[T_TS] <= window
+    """Whether a new touch can change an order: earlier, and not excluded as late.
+
+    Windows are checked when the order is credited (they depend on the referrer)."""
+    del w
+    return bool(t[T_TS] <= order_ts and order_ts >= t[T_FROM])
 
 
 def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows) -> list[Any]:
@@ -95,88 +97,177 @@ def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows)
         (order.get("discount_code") or "").lower(),
         order["amount_minor"],
         order["currency"],
-        [],
+        {},
+        order["customer_id"],
     ]
     if not is_late(order["ts"], stream_time, w):
         state["o"].append(record)
     return record
 
 
-def expire(state: State, stream_time: int, w: Windows) -> None:
-    """Drop orders past ``max_lateness`` and touches no future order can use."""
+def expire(state: State, stream_time: int, w: Windows, longest_ms: int | None = None) -> None:
+    """Drop orders past ``max_lateness`` and touches no future order can use.
+
+    ``longest_ms`` is the longest window in force, creator overrides included."""
     horizon = stream_time - w.max_lateness_ms
+    keep_click = max(w.click_ms, longest_ms or 0)
+    keep_view = max(w.view_ms, longest_ms or 0)
     state["o"] = [o for o in state["o"] if o[O_TS] >= horizon]
-    state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (w.click_ms if t[T_KIND] == "c" else w.view_ms)]
+    state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (keep_click if t[T_KIND] == "c" else keep_view)]
 
 
 def is_empty(state: State) -> bool:
     return not state["t"] and not state["o"]
 
 
-def attribute(state: State, order: list[Any], ref: ReferenceData, w: Windows) -> list[Row]:
-    """Credit one order under ``last_click`` with the code-wins policy.
+@dataclass(frozen=True)
+class Credit:
+    """One referrer's share of an order under one model."""
 
-    The code on the order, when it belongs to an active referrer, takes all the credit;
-    otherwise the last qualifying click; otherwise the last qualifying view.
-    """
+    referrer_id: str
+    referrer_type: str
+    credit: float
+    touch_type: str  # code | click | view
+    touch_event_id: str
+    touch_ts: int
+
+
+@dataclass(frozen=True)
+class Result:
+    credits: dict[str, list[Credit]]  # model -> credited referrers
+    conflict: dict[str, Any] | None
+    version: int
+
+
+def _touch_counts_for(t: list[Any], order_ts: int, w: Windows, ref: ReferenceData) -> bool:
+    """Whether a stored touch qualifies for an order, with the referrer's own windows."""
+    if t[T_TS] > order_ts or order_ts < t[T_FROM]:
+        return False
+    age = order_ts - t[T_TS]
+    if t[T_KIND] == "c":
+        referrer = ref.resolve(t[T_REF], t[T_TS])
+        if referrer is None:
+            return False
+        return age <= ref.click_window_ms(referrer.referrer_id, w.click_ms)
+    return age <= ref.view_window_ms(t[T_REF], w.view_ms)
+
+
+def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows, policy: str) -> Result:
+    """Credit one order under every model, with the code-vs-link ``policy`` (SPEC §3)."""
     order_ts = order[O_TS]
-    qualifying = [t for t in state["t"] if _eligible(t, order_ts, w)]
-    clicks = []
-    views = []
-    for t in qualifying:
+    horizon = order_ts - max(w.longest_ms, ref.longest_override_ms)
+    considered = [t for t in state["t"] if horizon <= t[T_TS] <= order_ts and order_ts >= t[T_FROM]]
+    clicks: list[tuple[list[Any], Referrer]] = []
+    views: list[list[Any]] = []
+    for t in considered:
+        if not _touch_counts_for(t, order_ts, w, ref):
+            continue
         if t[T_KIND] == "c":
             referrer = ref.resolve(t[T_REF], t[T_TS])
-            if referrer is not None:
-                clicks.append((t, referrer))
+            assert referrer is not None
+            clicks.append((t, referrer))
         else:
-            views.append((t, t[T_REF]))
-    code_referrer = ref.resolve(order[O_CODE], order_ts) if order[O_CODE] else None
-    version = 1 + len(clicks) + len(views) + (1 if code_referrer else 0)
+            views.append(t)
+    code = ref.resolve(order[O_CODE], order_ts) if order[O_CODE] else None
+    version = 1 + len(considered) + (1 if code else 0)
 
-    winner: tuple[str, str, str, str, int] | None = None  # id, type, touch, event, ts
-    if code_referrer is not None:
-        winner = (
-            code_referrer.referrer_id,
-            code_referrer.referrer_type,
-            "code",
-            order[O_EVENT],
-            order_ts,
-        )
-    elif clicks:
-        t, r = clicks[-1]
-        winner = (r.referrer_id, r.referrer_type, "click", t[T_ID], t[T_TS])
-    elif views:
-        t, creator_id = views[-1]
-        winner = (creator_id, "creator", "view", t[T_ID], t[T_TS])
+    code_credit = Credit(code.referrer_id, code.referrer_type, 1.0, "code", order[O_EVENT], order_ts) if code else None
+    click_touches = [(t[T_TS], r.referrer_id, r.referrer_type, "click", t[T_ID]) for t, r in clicks]
+    view_touches = [(t[T_TS], t[T_REF], "creator", "view", t[T_ID]) for t in views]
 
-    ever: list[str] = order[O_EVER]
-    if winner is not None and winner[0] not in ever:
-        ever.append(winner[0])
-    rows: list[Row] = []
-    for referrer_id in ever:
-        won = winner is not None and winner[0] == referrer_id
-        credit = 1.0 if won else 0.0
-        amount = order[O_AMOUNT]
-        rate = ref.commission_rate(referrer_id)
-        rows.append(
-            {
+    credits: dict[str, list[Credit]] = {}
+    for model in MODELS:
+        if code_credit and (policy == "code_wins" or not click_touches):
+            credits[model] = [code_credit]
+        elif code_credit and policy == "split":
+            half = Credit(**{**code_credit.__dict__, "credit": 0.5})
+            credits[model] = _merge([half, *_spread(model, click_touches, order_ts, w, 0.5)])
+        elif click_touches:
+            credits[model] = _spread(model, click_touches, order_ts, w, 1.0)
+        elif view_touches:
+            credits[model] = _spread(model, view_touches, order_ts, w, 1.0)
+        else:
+            credits[model] = []
+
+    conflict = None
+    if code and click_touches:
+        last = click_touches[-1]
+        if last[1] != code.referrer_id:
+            winner = {"code_wins": "code", "click_wins": "click", "split": "split"}[policy]
+            conflict = {
                 "order_id": order[O_ID],
-                "model": MODEL_LAST_CLICK,
-                "referrer_id": referrer_id,
-                "referrer_type": winner[1] if won and winner else "creator",
-                "root_creator_id": referrer_id if won and winner and winner[1] == "creator" else "",
-                "touch_type": winner[2] if won and winner else "",
-                "touch_event_id": winner[3] if won and winner else "",
-                "credit": credit,
-                "revenue_minor": round(credit * amount),
-                "commission_minor": round(credit * amount * rate),
-                "currency": order[O_CURRENCY],
-                "ctot_ms": order_ts - winner[4] if won and winner else 0,
-                "status": "ok",
-                "reasons": [],
-                "generation": 0 if won and winner and winner[1] == "creator" else 1,
-                "version": version,
+                "code_referrer_id": code.referrer_id,
+                "click_referrer_id": last[1],
+                "policy": policy,
+                "winner": winner,
                 "ts": order_ts,
+                "version": version,
             }
+    return Result(credits, conflict, version)
+
+
+def _spread(
+    model: str, touches: list[tuple[int, str, str, str, str]], order_ts: int, w: Windows, share: float
+) -> list[Credit]:
+    ws = weights(model, [t[0] for t in touches], order_ts, w.half_life_ms)
+    per_touch = [
+        Credit(referrer_id, rtype, share * weight, kind, event_id, ts)
+        for (ts, referrer_id, rtype, kind, event_id), weight in zip(touches, ws, strict=True)
+        if weight > 0
+    ]
+    return _merge(per_touch)
+
+
+def _merge(per_touch: list[Credit]) -> list[Credit]:
+    """Sum credits per referrer; the touch shown is the referrer's heaviest (latest on ties)."""
+    by_referrer: dict[str, Credit] = {}
+    for c in per_touch:
+        prev = by_referrer.get(c.referrer_id)
+        if prev is None:
+            by_referrer[c.referrer_id] = c
+            continue
+        best = c if c.credit >= prev.credit else prev
+        by_referrer[c.referrer_id] = Credit(
+            c.referrer_id, c.referrer_type, prev.credit + c.credit, best.touch_type, best.touch_event_id, best.touch_ts
         )
+    return list(by_referrer.values())
+
+
+def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
+    """Attribution rows for every model, including zero rows for referrers that lost credit."""
+    ever: dict[str, list[str]] = order[O_EVER]
+    rows: list[Row] = []
+    amount = order[O_AMOUNT]
+    for model in MODELS:
+        credits = {c.referrer_id: c for c in result.credits[model]}
+        seen = ever.setdefault(model, [])
+        for referrer_id in credits:
+            if referrer_id not in seen:
+                seen.append(referrer_id)
+        for referrer_id in seen:
+            c = credits.get(referrer_id)
+            credit = c.credit if c else 0.0
+            rows.append(
+                {
+                    "order_id": order[O_ID],
+                    "model": model,
+                    "referrer_id": referrer_id,
+                    "referrer_type": c.referrer_type if c else ref.referrer_type(referrer_id),
+                    "root_creator_id": "",
+                    "touch_type": c.touch_type if c else "",
+                    "touch_event_id": c.touch_event_id if c else "",
+                    "credit": credit,
+                    "revenue_minor": round(credit * amount),
+                    "commission_minor": 0,
+                    "currency": order[O_CURRENCY],
+                    "ctot_ms": order[O_TS] - c.touch_ts if c else 0,
+                    "status": "ok",
+                    "reasons": [],
+                    "generation": 0,
+                    "version": result.version,
+                    "ts": order[O_TS],
+                    "amount_minor": amount,
+                    "customer_id": order[O_CUSTOMER],
+                }
+            )
     return rows

@@ -29,10 +29,16 @@ class Referrer:
     referrer_type: str
 
 
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
 @dataclass
 class ReferenceData:
     codes: dict[str, Code] = field(default_factory=dict)
     creators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the longest per-creator window override seen, so state is kept long enough
+    longest_override_ms: int = 0
 
     def apply(self, topic: str, event: dict[str, Any]) -> None:
         if topic == "codes":
@@ -48,6 +54,11 @@ class ReferenceData:
             )
         elif topic == "creators":
             self.creators[event["creator_id"]] = event
+            plan = event.get("plan") or {}
+            if plan.get("click_window_days") is not None:
+                self.longest_override_ms = max(self.longest_override_ms, int(plan["click_window_days"] * DAY_MS))
+            if plan.get("view_window_hours") is not None:
+                self.longest_override_ms = max(self.longest_override_ms, int(plan["view_window_hours"] * HOUR_MS))
 
     def resolve(self, ref: str | None, at_ts: int) -> Referrer | None:
         """The referrer a code or link slug stands for at event time ``at_ts``, if any.
@@ -67,7 +78,17 @@ class ReferenceData:
     def knows(self, ref: str | None) -> bool:
         return bool(ref) and ref.lower() in self.codes  # type: ignore[union-attr]
 
-    def commission_rate(self, referrer_id: str) -> float:
-        plan = self.creators.get(referrer_id, {}).get("plan") or {}
-        rate = plan.get("rate", DEFAULT_RATE)
-        return float(rate)
+    def plan(self, referrer_id: str) -> dict[str, Any]:
+        plan: dict[str, Any] = self.creators.get(referrer_id, {}).get("plan") or {}
+        return plan
+
+    def click_window_ms(self, referrer_id: str, default: int) -> int:
+        days = self.plan(referrer_id).get("click_window_days")
+        return default if days is None else int(days * DAY_MS)
+
+    def view_window_ms(self, creator_id: str, default: int) -> int:
+        hours = self.plan(creator_id).get("view_window_hours")
+        return default if hours is None else int(hours * HOUR_MS)
+
+    def referrer_type(self, referrer_id: str) -> str:
+        return "creator" if referrer_id in self.creators else "customer"

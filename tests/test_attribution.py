@@ -50,30 +50,35 @@ def view(ts: int, creator: str, eid: str) -> list[Any]:
     return [ts, "v", creator, eid, 0]
 
 
-def run(events: list[tuple[str, Any]], ref: ReferenceData | None = None) -> dict[str, dict[str, Any]]:
-    """Feed events in the given arrival order; return the final row per (order, referrer)."""
+def run(
+    events: list[tuple[str, Any]],
+    ref: ReferenceData | None = None,
+    policy: str = "code_wins",
+    model: str = "last_click",
+) -> dict[str, dict[str, Any]]:
+    """Feed events in the given arrival order; return the final credited rows of ``model``."""
     ref = ref or reference()
     state = attr.new_state()
     stream_time = 0
-    final: dict[tuple[str, str], dict[str, Any]] = {}
+    final: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def keep(rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            key = (row["order_id"], row["referrer_id"])
+    def keep(order: list[Any]) -> None:
+        result = attr.credit_order(state, order, ref, W, policy)
+        for row in attr.rows_for(order, result, ref):
+            key = (row["order_id"], row["model"], row["referrer_id"])
             if key not in final or final[key]["version"] <= row["version"]:
                 final[key] = row
 
     for kind, ev in events:
         if kind == "order":
-            record = attr.add_order(state, ev, stream_time, W)
-            keep(attr.attribute(state, record, ref, W))
+            keep(attr.add_order(state, ev, stream_time, W))
             ts = ev["ts"]
         else:
             for o in attr.add_touch(state, ev, stream_time, W):
-                keep(attr.attribute(state, o, ref, W))
+                keep(o)
             ts = ev[0]
         stream_time = max(stream_time, ts)
-    return {f"{o}:{r}": row for (o, r), row in final.items() if row["credit"] > 0}
+    return {f"{o}:{r}": row for (o, m, r), row in final.items() if row["credit"] > 0 and m == model}
 
 
 def winner(result: dict[str, dict[str, Any]], oid: str = "o1") -> tuple[str, str] | None:
@@ -123,13 +128,18 @@ def test_touch_after_the_order_does_not_count() -> None:
 def test_out_of_order_click_restates_with_a_higher_version_and_zeroes_the_loser() -> None:
     ref = reference()
     state = attr.new_state()
-    rec = attr.add_order(state, order(T0 + 5 * MIN), 0, W)
-    attr.add_touch(state, click(T0, "jane", "c1"), T0 + 5 * MIN, W)  # arrives first, before the order
-    first = attr.attribute(state, rec, ref, W)
+
+    def last_click(rec: list[Any]) -> list[dict[str, Any]]:
+        rows = attr.rows_for(rec, attr.credit_order(state, rec, ref, W, "code_wins"), ref)
+        return [r for r in rows if r["model"] == "last_click"]
+
+    attr.add_touch(state, click(T0, "jane", "c1"), 0, W)
+    rec = attr.add_order(state, order(T0 + 5 * MIN), T0, W)
+    first = last_click(rec)
     assert [(r["referrer_id"], r["credit"]) for r in first] == [("cr-jane", 1.0)]
     restated = attr.add_touch(state, click(T0 + MIN, "leo", "c2"), T0 + 5 * MIN, W)
     assert restated == [rec]
-    second = {r["referrer_id"]: r for r in attr.attribute(state, rec, ref, W)}
+    second = {r["referrer_id"]: r for r in last_click(rec)}
     assert second["cr-leo"]["credit"] == 1.0 and second["cr-jane"]["credit"] == 0.0
     assert second["cr-leo"]["version"] > first[0]["version"]
     assert second["cr-jane"]["version"] == second["cr-leo"]["version"]
@@ -183,7 +193,7 @@ def test_duplicate_touch_and_order_change_nothing() -> None:
 def test_customer_code_credits_the_customer() -> None:
     r = run([("touch", click(T0, "CFRIEND", "c1")), ("order", order(T0 + MIN))])
     row = next(iter(r.values()))
-    assert (row["referrer_id"], row["referrer_type"], row["generation"]) == ("cus-1", "customer", 1)
+    assert (row["referrer_id"], row["referrer_type"]) == ("cus-1", "customer")
 
 
 def test_expire_drops_old_orders_and_touches() -> None:
