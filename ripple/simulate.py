@@ -452,6 +452,9 @@ def generate(cfg: SimConfig) -> Dataset:
             for t in ("views", "clicks", "orders", "refunds", "codes", "creators")
         },
         "malformed": len(malformed),
+        "credits": expected_credits(
+            [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")], codes
+        ),
         "last_click": expected_last_click(
             [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")],
             [t for t in (m.topic for m in valid)],
@@ -548,6 +551,82 @@ def expected_last_click(
             truth[order["order_id"]] = (
                 {"referrer_id": last_view["creator_id"], "touch_type": "view"} if last_view else None
             )
+    return truth
+
+
+def expected_credits(
+    events: list[dict[str, Any]],
+    codes: dict[str, dict[str, Any]],
+    click_window_ms: int = 30 * DAY_MS,
+    view_window_ms: int = DAY_MS,
+    half_life_ms: int = 7 * DAY_MS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Credits per order, model and referrer under the code-wins policy (SPEC §3.3).
+
+    A valid code takes everything; otherwise the clicks in the window share the order,
+    otherwise the views: last click 1 on the newest, first click 1 on the oldest, linear
+    1/n each, time decay 2^(-age / 7 days) normalised, position based 40 % to each end and
+    20 % over the middle (50/50 for two). Credits of one referrer add up.
+    """
+
+    def owner(ref: str | None, at: int) -> str | None:
+        rec = codes.get((ref or "").lower())
+        if not rec or rec.get("active") is False:
+            return None
+        if rec.get("expires_ts") is not None and at >= rec["expires_ts"]:
+            return None
+        return str(rec["referrer_id"])
+
+    def spread(touches: list[tuple[int, str]], order_ts: int) -> dict[str, dict[str, float]]:
+        n = len(touches)
+        shares: dict[str, list[float]] = {
+            "last_click": [0.0] * (n - 1) + [1.0],
+            "first_click": [1.0] + [0.0] * (n - 1),
+            "linear": [1 / n] * n,
+        }
+        decay = [0.5 ** ((order_ts - ts) / half_life_ms) for ts, _ in touches]
+        shares["time_decay"] = [d / sum(decay) for d in decay]
+        if n <= 2:
+            shares["position_based"] = [1 / n] * n
+        else:
+            shares["position_based"] = [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4]
+        out: dict[str, dict[str, float]] = {}
+        for model, ws in shares.items():
+            credit: dict[str, float] = {}
+            for (_, referrer), w in zip(touches, ws, strict=True):
+                if w > 0:
+                    credit[referrer] = credit.get(referrer, 0.0) + w
+            out[model] = credit
+        return out
+
+    by_visitor: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        if "visitor_id" in ev:
+            by_visitor.setdefault(ev["visitor_id"], []).append(ev)
+    truth: dict[str, dict[str, dict[str, float]]] = {}
+    for evs in by_visitor.values():
+        evs = sorted({e["event_id"]: e for e in evs}.values(), key=lambda e: (e["ts"], e["event_id"]))
+        for order in (e for e in evs if "order_id" in e):
+            ots = order["ts"]
+            code_owner = owner(order.get("discount_code"), ots)
+            if code_owner:
+                truth[order["order_id"]] = spread([(ots, code_owner)], ots)
+                continue
+            clicks = [
+                (e["ts"], r)
+                for e in evs
+                if "ref" in e
+                and e["ts"] <= ots
+                and ots - e["ts"] <= click_window_ms
+                and (r := owner(e["ref"], e["ts"])) is not None
+            ]
+            views = [
+                (e["ts"], str(e["creator_id"]))
+                for e in evs
+                if "content_id" in e and e["ts"] <= ots and ots - e["ts"] <= view_window_ms
+            ]
+            touches = clicks or views
+            truth[order["order_id"]] = spread(touches, ots) if touches else {}
     return truth
 
 

@@ -258,45 +258,18 @@ def create_app(settings: Settings) -> faust.App:
             state = entry[1] if entry else visitor_state.data.get(visitor.encode()) or attr.new_state()
             touched[visitor] = (partition, state)
             if topic == "orders":
-                await credit(state, attr.add_order(state, event, st, windows))
                 metrics.orders_attributed.inc()
-            else:
-                if topic == "clicks":
-                    touch = [event["ts"], "c", event["ref"].lower(), event["event_id"], 0]
-                else:
-                    touch = [event["ts"], "v", event["creator_id"], event["event_id"], 0]
-                for order in attr.add_touch(state, touch, st, windows):
-                    await credit(state, order)
+            for order, result in attr.handle_event(topic, event, state, st, windows, reference, settings.policy):
+                for row in attr.rows_for(order, result, reference):
+                    await send(credits_topic, row["referrer_id"], row, "ripple-credits")
+                conflict = attr.conflict_row(order, result, settings.policy)
+                if conflict is not None:
+                    await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
         for visitor, (partition, state) in touched.items():
             attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
             table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
         visitor_clock.persist(p for _, p, _ in decoded)
         metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    async def credit(state: attr.State, order: list[Any]) -> None:
-        result = attr.credit_order(state, order, reference, windows, settings.policy)
-        for row in attr.rows_for(order, result, reference):
-            await send(credits_topic, row["referrer_id"], row, "ripple-credits")
-        ever = order[attr.O_EVER]
-        if result.conflict is not None:
-            ever["_conflict"] = True
-            await send(out["conflicts"], order[attr.O_ID], {**result.conflict, "active": 1}, "conflicts")
-        elif ever.get("_conflict"):
-            await send(
-                out["conflicts"],
-                order[attr.O_ID],
-                {
-                    "order_id": order[attr.O_ID],
-                    "code_referrer_id": "",
-                    "click_referrer_id": "",
-                    "policy": settings.policy,
-                    "winner": "",
-                    "ts": order[attr.O_TS],
-                    "version": result.version,
-                    "active": 0,
-                },
-                "conflicts",
-            )
 
     # -- referrers: credits -> attributions with commission, commission terms ----------
     @app.agent(credits_topic, name="referrers")

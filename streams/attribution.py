@@ -155,8 +155,17 @@ def _touch_counts_for(t: list[Any], order_ts: int, w: Windows, ref: ReferenceDat
 def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows, policy: str) -> Result:
     """Credit one order under every model, with the code-vs-link ``policy`` (SPEC §3)."""
     order_ts = order[O_TS]
-    horizon = order_ts - max(w.longest_ms, ref.longest_override_ms)
-    considered = [t for t in state["t"] if horizon <= t[T_TS] <= order_ts and order_ts >= t[T_FROM]]
+    # The touches that could count, each kind within its longest window: exactly what
+    # expire() keeps while the order is retained, so the count (and the version) only grows.
+    keep_click = max(w.click_ms, ref.longest_override_ms)
+    keep_view = max(w.view_ms, ref.longest_override_ms)
+    considered = [
+        t
+        for t in state["t"]
+        if t[T_TS] <= order_ts
+        and order_ts >= t[T_FROM]
+        and order_ts - t[T_TS] <= (keep_click if t[T_KIND] == "c" else keep_view)
+    ]
     clicks: list[tuple[list[Any], Referrer]] = []
     views: list[list[Any]] = []
     for t in considered:
@@ -235,7 +244,7 @@ def _merge(per_touch: list[Credit]) -> list[Credit]:
 
 def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
     """Attribution rows for every model, including zero rows for referrers that lost credit."""
-    ever: dict[str, list[str]] = order[O_EVER]
+    ever: dict[str, Any] = order[O_EVER]
     rows: list[Row] = []
     amount = order[O_AMOUNT]
     for model in MODELS:
@@ -271,3 +280,41 @@ def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
                 }
             )
     return rows
+
+
+def touch_from(topic: str, event: dict[str, Any]) -> list[Any]:
+    if topic == "clicks":
+        return [event["ts"], "c", event["ref"].lower(), event["event_id"], 0]
+    return [event["ts"], "v", event["creator_id"], event["event_id"], 0]
+
+
+def handle_event(
+    topic: str, event: dict[str, Any], state: State, stream_time: int, w: Windows, ref: ReferenceData, policy: str
+) -> list[tuple[list[Any], Result]]:
+    """One view, click or order of a visitor: the orders (re)credited because of it."""
+    if topic == "orders":
+        order = add_order(state, event, stream_time, w)
+        return [(order, credit_order(state, order, ref, w, policy))]
+    return [
+        (o, credit_order(state, o, ref, w, policy)) for o in add_touch(state, touch_from(topic, event), stream_time, w)
+    ]
+
+
+def conflict_row(order: list[Any], result: Result, policy: str) -> dict[str, Any] | None:
+    """The conflicts record to write for a credited order, if any (a retraction when one ended)."""
+    ever = order[O_EVER]
+    if result.conflict is not None:
+        ever["_conflict"] = True
+        return {**result.conflict, "active": 1}
+    if ever.get("_conflict"):
+        return {
+            "order_id": order[O_ID],
+            "code_referrer_id": "",
+            "click_referrer_id": "",
+            "policy": policy,
+            "winner": "",
+            "ts": order[O_TS],
+            "version": result.version,
+            "active": 0,
+        }
+    return None

@@ -23,10 +23,23 @@ DAY = 86_400_000
 
 def attribution(order_id: str, referrer: str, credit: float, amount: int, version: int, ts: int) -> tuple[Any, ...]:
     row = {
-        "order_id": order_id, "model": "last_click", "referrer_id": referrer, "referrer_type": "creator",
-        "root_creator_id": referrer, "touch_type": "click", "touch_event_id": "c", "credit": credit,
-        "revenue_minor": round(credit * amount), "commission_minor": round(credit * amount * 0.10), "currency": "USD",
-        "ctot_ms": 1000, "status": "ok", "reasons": [], "generation": 0, "version": version, "ts": ts,
+        "order_id": order_id,
+        "model": "last_click",
+        "referrer_id": referrer,
+        "referrer_type": "creator",
+        "root_creator_id": referrer,
+        "touch_type": "click",
+        "touch_event_id": "c",
+        "credit": credit,
+        "revenue_minor": round(credit * amount),
+        "commission_minor": round(credit * amount * 0.10),
+        "currency": "USD",
+        "ctot_ms": 1000,
+        "status": "ok",
+        "reasons": [],
+        "generation": 0,
+        "version": version,
+        "ts": ts,
     }
     return tuple(row[c] for c in ATTRIBUTION_COLUMNS)
 
@@ -42,39 +55,75 @@ def ch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
         for _ in range(2):
             client.insert(spec.table, [spec.row(e, 1) for e in events], spec.columns)
 
-    put("creators", [{"creator_id": "cr-jane", "handle": "jane", "followers": 20_000, "plan": {"rate": 0.1}},
-                     {"creator_id": "cr-leo", "handle": "leo", "followers": 5_000}])
-    put("codes", [{"code": "JANE20", "referrer_id": "cr-jane", "referrer_type": "creator", "issued_ts": 0},
-                  {"code": "jane", "referrer_id": "cr-jane", "referrer_type": "creator", "issued_ts": 0},
-                  {"code": "leo", "referrer_id": "cr-leo", "referrer_type": "creator", "issued_ts": 0}])
-    put("views", [{"event_id": f"v{i}", "ts": D + i, "creator_id": "cr-jane", "content_id": "p", "visitor_id": f"v{i}"}
-                  for i in range(10)])
-    put("clicks", [
-        {"event_id": "c1", "ts": D + 100, "visitor_id": "v1", "ref": "jane"},
-        {"event_id": "c2", "ts": D + 200, "visitor_id": "v1", "ref": "jane"},
-        {"event_id": "c3", "ts": D + 300, "visitor_id": "v2", "ref": "JANE20"},
-        {"event_id": "c4", "ts": D + 400, "visitor_id": "v3", "ref": "Jane"},
-    ])
+    put(
+        "creators",
+        [
+            {"creator_id": "cr-jane", "handle": "jane", "followers": 20_000, "plan": {"rate": 0.1}},
+            {"creator_id": "cr-leo", "handle": "leo", "followers": 5_000},
+        ],
+    )
+    put(
+        "codes",
+        [
+            {"code": "JANE20", "referrer_id": "cr-jane", "referrer_type": "creator", "issued_ts": 0},
+            {"code": "jane", "referrer_id": "cr-jane", "referrer_type": "creator", "issued_ts": 0},
+            {"code": "leo", "referrer_id": "cr-leo", "referrer_type": "creator", "issued_ts": 0},
+        ],
+    )
+    put(
+        "views",
+        [
+            {"event_id": f"v{i}", "ts": D + i, "creator_id": "cr-jane", "content_id": "p", "visitor_id": f"v{i}"}
+            for i in range(10)
+        ],
+    )
+    put(
+        "clicks",
+        [
+            {"event_id": "c1", "ts": D + 100, "visitor_id": "v1", "ref": "jane"},
+            {"event_id": "c2", "ts": D + 200, "visitor_id": "v1", "ref": "jane"},
+            {"event_id": "c3", "ts": D + 300, "visitor_id": "v2", "ref": "JANE20"},
+            {"event_id": "c4", "ts": D + 400, "visitor_id": "v3", "ref": "Jane"},
+        ],
+    )
     order = lambda oid, cust, ts, amount, discount, new: {  # noqa: E731
-        "event_id": f"e-{oid}", "ts": ts, "order_id": oid, "visitor_id": cust, "customer_id": cust,
-        "amount_minor": amount, "currency": "USD", "discount_minor": discount, "is_new_customer": new}
-    put("orders", [
-        order("o1", "c1", D + 1000, 10_000, 0, True),
-        order("o2", "c2", D + 2000, 8_000, 2_000, True),
-        order("o3", "c1", D + 10 * DAY, 5_000, 0, False),  # organic, inside c1's first 30 days
-        order("o4", "c1", D + 40 * DAY, 3_000, 0, False),  # organic, inside 90 days only
-    ])
+        "event_id": f"e-{oid}",
+        "ts": ts,
+        "order_id": oid,
+        "visitor_id": cust,
+        "customer_id": cust,
+        "amount_minor": amount,
+        "currency": "USD",
+        "discount_minor": discount,
+        "is_new_customer": new,
+    }
+    put(
+        "orders",
+        [
+            order("o1", "c1", D + 1000, 10_000, 0, True),
+            order("o2", "c2", D + 2000, 8_000, 2_000, True),
+            order("o3", "c1", D + 10 * DAY, 5_000, 0, False),  # organic, inside c1's first 30 days
+            order("o4", "c1", D + 40 * DAY, 3_000, 0, False),  # organic, inside 90 days only
+        ],
+    )
     put("refunds", [{"event_id": "r1", "ts": D + 3 * DAY, "order_id": "o2", "amount_minor": 4_000}])
-    client.insert("attributions", [
-        attribution("o1", "cr-leo", 1.0, 10_000, 1, D + 1000),   # first guess, restated below
-        attribution("o1", "cr-leo", 0.0, 10_000, 2, D + 1000),   # leo lost it
-        attribution("o1", "cr-jane", 1.0, 10_000, 2, D + 1000),
-        attribution("o2", "cr-jane", 1.0, 8_000, 3, D + 2000),
-    ], ATTRIBUTION_COLUMNS)
+    client.insert(
+        "attributions",
+        [
+            attribution("o1", "cr-leo", 1.0, 10_000, 1, D + 1000),  # first guess, restated below
+            attribution("o1", "cr-leo", 0.0, 10_000, 2, D + 1000),  # leo lost it
+            attribution("o1", "cr-jane", 1.0, 10_000, 2, D + 1000),
+            attribution("o2", "cr-jane", 1.0, 8_000, 3, D + 2000),
+        ],
+        ATTRIBUTION_COLUMNS,
+    )
     client.insert("attributions", [attribution("o2", "cr-jane", 1.0, 8_000, 3, D + 2000)], ATTRIBUTION_COLUMNS)
     ledger = JSON_TABLES["commission_ledger"]
-    client.insert("commission_ledger", [("flat_fee:cr-jane:2026-01", "", "cr-jane", "flat_fee", 50_000, "USD",
-                                         "approved", 1_767_225_600_000, 1)], ledger)
+    client.insert(
+        "commission_ledger",
+        [("flat_fee:cr-jane:2026-01", "", "cr-jane", "flat_fee", 50_000, "USD", "approved", 1_767_225_600_000, 1)],
+        ledger,
+    )
     yield client
     client.close()
 
@@ -89,10 +138,22 @@ def row(ch: ClickHouse, creator: str, day: date, model: str = "last_click") -> d
 
 
 EXPECTED = {
-    "views": 10, "clicks": 4, "unique_clickers": 3, "conversions": 2, "revenue_minor": 18_000, "aov_minor": 9_000,
+    "views": 10,
+    "clicks": 4,
+    "unique_clickers": 3,
+    "conversions": 2,
+    "revenue_minor": 18_000,
+    "aov_minor": 9_000,
     "commission_minor": 1_000 + 400,  # o2's 800 halved by the refund of half its amount
-    "discount_minor": 2_000, "refunds_minor": 4_000, "new_customers": 2, "flat_fees_minor": 0,
-    "ctr": 0.4, "cr": 2 / 3, "epc": 1_400 / 4, "rpc": 18_000 / 4, "cac": (1_400 + 2_000) / 2,
+    "discount_minor": 2_000,
+    "refunds_minor": 4_000,
+    "new_customers": 2,
+    "flat_fees_minor": 0,
+    "ctr": 0.4,
+    "cr": 2 / 3,
+    "epc": 1_400 / 4,
+    "rpc": 18_000 / 4,
+    "cac": (1_400 + 2_000) / 2,
     "roi": (18_000 - 4_000 - 3_400) / 3_400,
     "ltv_30d_minor": ((10_000 + 5_000) + (8_000 - 4_000)) / 2,
     "ltv_90d_minor": ((10_000 + 5_000 + 3_000) + (8_000 - 4_000)) / 2,

@@ -233,3 +233,42 @@ def test_last_click_attributions_equal_the_ground_truth(run: Run, ch: ClickHouse
     expected = {k: v for k, v in run.truth["last_click"].items() if v}
     assert got == expected
     assert all(credit == 1.0 for *_, credit in rows)
+
+
+def test_every_model_equals_the_ground_truth(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query("SELECT order_id, model, referrer_id, credit FROM ripple.attributions FINAL WHERE credit > 0")
+    got: dict[str, dict[str, dict[str, float]]] = {}
+    for order_id, model, referrer, credit in rows:
+        got.setdefault(order_id, {}).setdefault(model, {})[referrer] = credit
+    expected = {o: m for o, m in run.truth["credits"].items() if m}
+    assert set(got) == set(expected)
+    for order_id, models in expected.items():
+        assert set(got[order_id]) == set(models), order_id
+        for model, credits in models.items():
+            assert set(got[order_id][model]) == set(credits), (order_id, model)
+            for referrer, credit in credits.items():
+                assert abs(got[order_id][model][referrer] - credit) < 1e-9
+
+
+def test_commission_ledger_matches_the_credited_orders(run: Run, ch: ClickHouse) -> None:
+    commissions = dict(
+        ch.query(
+            "SELECT order_id, sum(commission_minor) FROM ripple.commission_ledger FINAL "
+            "WHERE kind = 'commission' GROUP BY order_id"
+        )
+    )
+    attributed = dict(
+        ch.query(
+            "SELECT order_id, sum(commission_minor) FROM ripple.attributions FINAL "
+            "WHERE model = 'last_click' AND credit > 0 GROUP BY order_id"
+        )
+    )
+    assert commissions and set(commissions) == set(attributed)
+    assert commissions == attributed
+    refunds = ch.query("SELECT count() FROM ripple.commission_ledger FINAL WHERE kind IN ('reversal', 'clawback')")
+    assert refunds[0][0] > 0
+    daily = ch.query("SELECT sum(conversions) FROM ripple.creator_daily WHERE model = 'last_click'")[0][0]
+    creator_orders = sum(
+        1 for v in run.truth["last_click"].values() if v and not v["referrer_id"].startswith("s7-cus-")
+    )
+    assert round(daily) == creator_orders
