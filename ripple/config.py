@@ -19,9 +19,19 @@ INPUT_TOPICS = ("views", "clicks", "orders", "refunds", "codes", "creators")
 #: Topics whose records are keyed by visitor and read together by one task.
 COPARTITIONED_TOPICS = ("views", "clicks", "orders")
 COMPACTED_TOPICS = ("codes", "creators")
-OUTPUT_TOPICS = ("attributions", "commission_ledger", "conflicts", "late_events", "deadletter")
-#: Worker-to-worker topics: credits keyed by referrer, commission terms keyed by order id.
-INTERNAL_TOPICS = ("ripple-credits", "ripple-commissions")
+OUTPUT_TOPICS = (
+    "attributions",
+    "commission_ledger",
+    "conflicts",
+    "late_events",
+    "chain_nodes",
+    "chains",
+    "alerts",
+    "deadletter",
+)
+#: Worker-to-worker topics: credits and lineage claims keyed by referrer, commission terms
+#: keyed by order id, chain updates keyed by root.
+INTERNAL_TOPICS = ("ripple-credits", "ripple-lineage", "ripple-commissions", "ripple-chains")
 
 
 DAY_MS = 86_400_000

@@ -30,6 +30,9 @@ class WorkerMetrics(_Metrics):
             "ripple_orders_attributed_total", "Orders attributed (restatements not counted)", registry=r
         )
         self.rows_out = Counter("ripple_rows_out_total", "Rows sent to output topics", ["topic"], registry=r)
+        self.alerts = Counter(
+            "ripple_alerts_total", "Alerts raised, by rule and severity", ["rule", "severity"], registry=r
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

@@ -112,7 +112,14 @@ class SimConfig:
     organic_orders: float = 0.10  # organic orders, as a share of referred orders
     view_through: float = 0.002  # orders by viewers who never clicked
     second_creator: float = 0.10  # share of clickers who also click another creator
-    advocate_share: float = 0.08
+    advocate_share: float = 0.05  # organic customers who start a referral tree of their own
+    #: offspring per customer node (Poisson mean) by the creator's chain class
+    chain_k: dict[str, float] = field(default_factory=lambda: {"sub": 0.15, "near": 0.6, "super": 2.2})
+    super_every: int = 10  # every 10th creator's audience refers super-critically, ...
+    near_every: int = 10  # ... and every 10th (offset 5) near-critically
+    max_generations: int = 7
+    max_chain_nodes: int = 150
+    ring_share: float = 0.03  # share of friend orders paid with an ancestor's card
     refund_share: float = 0.08
     malformed_share: float = 0.01
     duplicate_share: float = 0.01
@@ -122,6 +129,15 @@ class SimConfig:
     @property
     def prefix(self) -> str:
         return self.run_id or f"s{self.seed}"
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Knuth's method; small means only."""
+    limit, k, product = math.exp(-mean), 0, rng.random()
+    while product > limit:
+        k += 1
+        product *= rng.random()
+    return k
 
 
 def _lognormal_ms(rng: random.Random, median_ms: float, sigma: float, lo: int, hi: int) -> int:
@@ -183,6 +199,7 @@ def generate(cfg: SimConfig) -> Dataset:
                 "code": f"{handle.upper()}20",
                 "slug": handle,
                 "weight": followers**0.6,
+                "chain_class": "super" if i % cfg.super_every == 1 else "near" if i % cfg.near_every == 6 else "sub",
             }
         )
         ds.reference.append(Message("creators", creator_id, orjson.dumps(profile), profile))
@@ -357,18 +374,39 @@ def generate(cfg: SimConfig) -> Dataset:
             code = rng.choices(creators, weights)[0]["code"]  # a code seen elsewhere
         emit("orders", visitor, order_event(visitor, ts, code))
 
-    # -- advocates: customers with their own code who refer friends ------------------
-    first_orders = sorted((e for e in events if e[2] == "orders"), key=lambda e: e[0])
-    seen_customers: set[str] = set()
-    for ts, _, _, _, order in first_orders:
-        customer = order["customer_id"]
-        if customer in seen_customers:
+    # -- referral chains: customers with their own code refer friends, who refer theirs --
+    base_truth = expected_last_click(
+        [ev for _, _, topic, _, ev in events if topic in ("views", "clicks", "orders")], [], codes
+    )
+    creator_class = {c["creator_id"]: c["chain_class"] for c in creators}
+    pay_hash = {c["creator_id"]: c["payment_hash"] for c in creators}
+    node_of: dict[str, tuple[str, int, str]] = {}  # customer -> (root, generation, parent)
+    frontier: list[tuple[int, str]] = []
+    for ts, _, topic, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
+        if topic != "orders" or ev["customer_id"] in node_of:
             continue
-        seen_customers.add(customer)
-        if rng.random() >= cfg.advocate_share:
+        won = base_truth.get(ev["order_id"])
+        customer = ev["customer_id"]
+        if won and won["referrer_id"] in creator_class:
+            node_of[customer] = (won["referrer_id"], 1, won["referrer_id"])
+            frontier.append((ts, customer))
+        elif won is None and rng.random() < cfg.advocate_share:
+            node_of[customer] = (customer, 0, "")  # an organic customer who starts a tree of their own
+            frontier.append((ts, customer))
+    chain_size: dict[str, int] = {}
+    rings: list[str] = []
+    frontier.sort()
+    while frontier:
+        t0, customer = frontier.pop(0)
+        root, g, parent = node_of[customer]
+        k = cfg.chain_k[creator_class.get(root, "sub")]
+        if g >= cfg.max_generations or chain_size.get(root, 0) >= cfg.max_chain_nodes:
             continue
-        code = f"C{hashlib.blake2b(customer.encode(), digest_size=3).hexdigest().upper()}"
-        issued = ts + _lognormal_ms(rng, HOUR_MS, 1.0, MINUTE_MS, DAY_MS)
+        children = _poisson(rng, k)
+        if children == 0:
+            continue
+        code = f"C{hashlib.blake2b(customer.encode(), digest_size=4).hexdigest().upper()}"
+        issued = t0 + _lognormal_ms(rng, HOUR_MS, 0.8, 5 * MINUTE_MS, 6 * HOUR_MS)
         if issued >= end_ms:
             continue
         rec = {
@@ -381,10 +419,11 @@ def generate(cfg: SimConfig) -> Dataset:
         }
         codes[code.lower()] = rec
         ds.reference.append(Message("codes", code, orjson.dumps(rec), rec))
-        for _ in range(rng.choice((0, 1, 1, 2, 3))):
+        for _ in range(children):
             friend = next_id("vis")
-            click_ts = issued + _lognormal_ms(rng, 12 * HOUR_MS, 1.2, MINUTE_MS, 5 * DAY_MS)
-            if click_ts >= end_ms:
+            click_ts = issued + _lognormal_ms(rng, 3 * HOUR_MS, 0.8, MINUTE_MS, DAY_MS)
+            order_ts = click_ts + _lognormal_ms(rng, HOUR_MS, 0.8, 30_000, 12 * HOUR_MS)
+            if order_ts >= end_ms:
                 continue
             emit(
                 "clicks",
@@ -393,17 +432,25 @@ def generate(cfg: SimConfig) -> Dataset:
                     "event_id": next_id("c"),
                     "ts": click_ts,
                     "visitor_id": friend,
-                    "ref": code,
+                    "ref": code.lower(),
                     "utm_source": "friend",
                     "utm_medium": "referral",
                     "ip_hash": h(p, "ip", friend),
                     "user_agent": "Mozilla/5.0 (Android 15)",
                 },
             )
-            if rng.random() < 0.45:
-                order_ts = click_ts + _lognormal_ms(rng, 2 * HOUR_MS, 1.5, 30_000, 10 * DAY_MS)
-                if order_ts < end_ms:
-                    emit("orders", friend, order_event(friend, order_ts, code if rng.random() < 0.5 else None))
+            order = order_event(friend, order_ts, code if rng.random() < 0.5 else None)
+            if parent and node_of.get(parent, ("", 0, "x"))[2] != "" and rng.random() < cfg.ring_share:
+                # a referral ring: the friend pays with the card of the referrer's own referrer
+                order["payment_hash"] = pay_hash.get(parent) or h(p, "pay", parent)
+                rings.append(order["order_id"])
+                emit("orders", friend, order)
+                continue
+            emit("orders", friend, order)
+            node_of[order["customer_id"]] = (root, g + 1, customer)
+            chain_size[root] = chain_size.get(root, 0) + 1
+            frontier.append((order_ts, order["customer_id"]))
+            frontier.sort()
 
     # -- refunds -------------------------------------------------------------------------
     for ts, _, topic, _, ev in list(events):
@@ -455,13 +502,98 @@ def generate(cfg: SimConfig) -> Dataset:
         "credits": expected_credits(
             [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")], codes
         ),
+        "rings": sorted(rings),
         "last_click": expected_last_click(
             [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")],
             [t for t in (m.topic for m in valid)],
             {c: r for c, r in codes.items()},
         ),
     }
+    ds.truth["chain_parents"], ds.truth["chains"] = expected_chains(
+        [m.event for m in valid if m.event is not None and m.topic == "orders"],
+        ds.truth["last_click"],
+        set(rings),
+        {c["creator_id"]: c["chain_class"] for c in creators},
+    )
     return ds
+
+
+def expected_chains(
+    orders: list[dict[str, Any]], last_click: dict[str, Any], rings: set[str], classes: dict[str, str]
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Parents and per-root chain facts from the final credits (SPEC §4), by brute force.
+
+    A customer's parent is the referrer of its earliest credited order (a referral ring
+    earns no place); roots are referrers without a parent.
+    """
+    parents: dict[str, str] = {}
+    for o in sorted(orders, key=lambda o: (o["ts"], o["order_id"])):
+        won = last_click.get(o["order_id"])
+        if won and o["order_id"] not in rings and o["customer_id"] not in parents:
+            parents[o["customer_id"]] = won["referrer_id"]
+    referrers = {v["referrer_id"] for v in last_click.values() if v}
+    # a customer credited for a referral before its own first credited order starts its own tree
+    for customer in list(parents):
+        if customer in referrers:
+            first_referral = min(
+                o["ts"] for o in orders if (last_click.get(o["order_id"]) or {}).get("referrer_id") == customer
+            )
+            own = min(
+                o["ts"]
+                for o in orders
+                if o["customer_id"] == customer and o["order_id"] not in rings and last_click.get(o["order_id"])
+            )
+            if first_referral < own:
+                del parents[customer]
+
+    def root_of(node: str) -> str:
+        while node in parents:
+            node = parents[node]
+        return node
+
+    trees: dict[str, list[str]] = {}
+    for node in referrers | set(parents):
+        trees.setdefault(root_of(node), []).append(node)
+    chains: dict[str, dict[str, Any]] = {}
+    for root, members in trees.items():
+        depth_of = {m: 0 for m in members}
+        for m in members:
+            d, x = 0, m
+            while x in parents:
+                d, x = d + 1, parents[x]
+            depth_of[m] = d
+        per_gen = [0] * (max(depth_of.values()) + 1)
+        for d in depth_of.values():
+            per_gen[d] += 1
+        ks = [(per_gen[g + 1] if g + 1 < len(per_gen) else 0) / per_gen[g] for g in range(len(per_gen))]
+        n = len(members)
+        neighbours: dict[str, list[str]] = {m: [] for m in members}
+        for m in members:
+            if m in parents:
+                neighbours[m].append(parents[m])
+                neighbours[parents[m]].append(m)
+        total = 0
+        for start in members:
+            seen, todo = {start: 0}, [start]
+            while todo:
+                x = todo.pop()
+                for y in neighbours[x]:
+                    if y not in seen:
+                        seen[y] = seen[x] + 1
+                        todo.append(y)
+            total += sum(seen.values())
+        virality = total / (n * (n - 1)) if n > 1 else 0.0
+        by_k = any(ks[g] >= 1 and ks[g + 1] >= 1 for g in range(1, len(ks) - 1))
+        viral = len(per_gen) - 1 >= 3 and (by_k or (n >= 50 and virality >= 4))
+        chains[root] = {
+            "nodes": n,
+            "depth": len(per_gen) - 1,
+            "nodes_by_generation": per_gen,
+            "structural_virality": virality,
+            "viral": viral,
+            "class": classes.get(root, "customer"),
+        }
+    return parents, chains
 
 
 def _natural_key(m: Message) -> str:

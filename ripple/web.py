@@ -46,7 +46,8 @@ SELECT
     (SELECT count() FROM ripple.clicks FINAL) AS clicks,
     (SELECT count() FROM ripple.orders FINAL) AS orders,
     (SELECT uniqExact(order_id) FROM ripple.attributions FINAL WHERE credit > 0) AS attributed,
-    (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters
+    (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters,
+    (SELECT count() FROM ripple.chain_nodes FINAL WHERE parent_id != '') AS chain_nodes
 """
 
 

@@ -233,6 +233,24 @@ JSON_TABLES: dict[str, tuple[str, ...]] = {
         "version",
     ),
     "late_events": ("topic", "event_id", "ts", "stream_time", "lateness_ms", "partition"),
+    "chain_nodes": ("node_id", "parent_id", "root_id", "generation", "ts", "version"),
+    "chains": (
+        "root_id",
+        "nodes",
+        "depth",
+        "nodes_by_generation",
+        "k_by_generation",
+        "structural_virality",
+        "viral",
+        "new_nodes_1h",
+        "new_nodes_24h",
+        "time_to_next_generation_ms",
+        "cascade_revenue_minor",
+        "cascade_commission_minor",
+        "updated_ts",
+        "version",
+    ),
+    "alerts": ("alert_id", "ts", "rule", "severity", "referrer_id", "code", "evidence"),
 }
 
 

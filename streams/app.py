@@ -24,8 +24,11 @@ from mode import Service
 
 from ripple.config import COPARTITIONED_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
+from ripple.partitioner import partition_for
 from streams import attribution as attr
+from streams import chains, lineage
 from streams import commission as comm
+from streams import referrer as referrer_logic
 from streams.events import Rejected, decode
 from streams.reference import ReferenceData
 
@@ -146,13 +149,19 @@ def create_app(settings: Settings) -> faust.App:
             partitions=settings.partitions,
         )
 
-    out = {name: raw_topic(name) for name in ("attributions", "commission_ledger", "conflicts", "late_events")}
+    out = {
+        name: raw_topic(name)
+        for name in ("attributions", "commission_ledger", "conflicts", "late_events", "chain_nodes", "chains", "alerts")
+    }
     credits_topic = raw_topic("ripple-credits")
     commissions_topic = raw_topic("ripple-commissions")
+    lineage_topic = raw_topic("ripple-lineage")
+    chains_topic = raw_topic("ripple-chains")
     deadletter_topic = raw_topic("deadletter")
     visitor_state = state_table("visitor_state")
     referrer_state = state_table("referrer_state")
     order_state = state_table("order_state")
+    chain_state = state_table("chain_state")
 
     async def send(topic: faust.TopicT, key: str, value: dict[str, Any], name: str) -> None:
         await topic.send(key=key.encode(), value=orjson.dumps(value))
@@ -271,8 +280,28 @@ def create_app(settings: Settings) -> faust.App:
         visitor_clock.persist(p for _, p, _ in decoded)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    # -- referrers: credits -> attributions with commission, commission terms ----------
-    @app.agent(credits_topic, name="referrers")
+    # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
+    topics_by_name = {
+        **out,
+        "ripple-commissions": commissions_topic,
+        "ripple-lineage": lineage_topic,
+        "ripple-chains": chains_topic,
+    }
+
+    async def emit(outputs: list[referrer_logic.Output]) -> None:
+        for topic, key, value in outputs:
+            await send(topics_by_name[topic], key, value, topic)
+            if topic == "alerts":
+                metrics.alerts.labels(value["rule"], value["severity"]).inc()
+
+    def plan_of(referrer_id: str) -> comm.Plan:
+        return comm.plan_from(reference.plan(referrer_id))
+
+    def identities_of(referrer_id: str) -> list[str]:
+        creator = reference.creators.get(referrer_id)
+        return lineage.creator_identities(creator) if creator else []
+
+    @app.agent(raw_topic("ripple-credits", "ripple-lineage"), name="referrers")
     async def referrer_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             await handle_referrer_batch(events)
@@ -281,57 +310,82 @@ def create_app(settings: Settings) -> faust.App:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         for ev in events:
             msg = ev.message
-            row = orjson.loads(msg.value)
-            referrer = row["referrer_id"]
-            entry = touched.get(referrer)
-            book = entry[1] if entry else referrer_state.data.get(referrer.encode()) or comm.new_book()
-            touched[referrer] = (msg.partition, book)
-            plan = comm.plan_from(reference.plan(referrer))
-            seq = comm.next_seq(book)
-            version = (row["version"] << 32) | seq
-            if row["model"] != settings.commission_model:
-                row["commission_minor"] = round(row["credit"] * row["amount_minor"] * plan.rate)
-                await send(out["attributions"], row["order_id"], {**row, "version": version}, "attributions")
-                continue
-            new_month, changed = comm.book_order(book, row, plan)
-            if new_month:
-                fee = comm.flat_fee_entry(referrer, comm.month_of(row["ts"]), plan, row["currency"])
-                if fee is not None:
-                    await send(out["commission_ledger"], fee["entry_id"], fee, "commission_ledger")
-            for order_id, b in changed:
-                credit_, amount, rate = b[comm.B_CREDIT], b[comm.B_AMOUNT], b[comm.B_RATE]
-                attribution = {
-                    "order_id": order_id,
-                    "model": row["model"],
-                    "referrer_id": referrer,
-                    **b[comm.B_ROW],
-                    "credit": credit_,
-                    "revenue_minor": round(credit_ * amount),
-                    "commission_minor": round(credit_ * amount * rate),
-                    "currency": b[comm.B_CURRENCY],
-                    "version": (b[comm.B_VERSION] << 32) | seq,
-                    "ts": b[comm.B_TS],
-                }
-                await send(out["attributions"], order_id, attribution, "attributions")
-                await send(
-                    commissions_topic,
-                    order_id,
-                    {
-                        "order_id": order_id,
-                        "referrer_id": referrer,
-                        "credit": credit_,
-                        "amount_minor": amount,
-                        "rate": rate,
-                        "currency": b[comm.B_CURRENCY],
-                        "ts": b[comm.B_TS],
-                        "hold_days": plan.hold_days,
-                        "version": attribution["version"],
-                    },
-                    "ripple-commissions",
+            item = orjson.loads(msg.value)
+            key = msg.key.decode()
+            entry = touched.get(key)
+            state = entry[1] if entry else referrer_state.data.get(msg.key) or referrer_logic.new_state()
+            touched[key] = (msg.partition, state)
+            if msg.topic == "ripple-lineage":
+                await emit(referrer_logic.on_claim(state, item))
+                await emit(referrer_logic.release(state, plan_of, identities_of, settings.commission_model))
+            else:
+                now = time.time()
+                await emit(
+                    referrer_logic.on_credit(state, item, plan_of, identities_of, settings.commission_model, now)
                 )
-            comm.prune_book(book, row["ts"])
-        for referrer, (partition, book) in touched.items():
-            table_put(referrer_state, partition, referrer, book)
+            if "parked" in state:
+                parked[key] = msg.partition
+        for key, (partition, state) in touched.items():
+            table_put(referrer_state, partition, key, state)
+
+    parked: dict[str, int] = {}  # referrers with credits waiting for their own claim -> partition
+    parked_loaded = False
+
+    @app.timer(1.0)
+    async def release_parked() -> None:
+        nonlocal parked_loaded
+        if not parked_loaded:  # after a start: find parked credits in the recovered table
+            parked_loaded = True
+            for key, state in list(referrer_state.data.items()):
+                if isinstance(state, dict) and "parked" in state:
+                    parked.setdefault(key.decode(), -1)
+        now = time.time()
+        for key, partition in list(parked.items()):
+            state = referrer_state.data.get(key.encode())
+            if state is None or "parked" not in state:
+                parked.pop(key, None)
+                continue
+            outputs = referrer_logic.release(state, plan_of, identities_of, settings.commission_model, now)
+            if outputs or "parked" not in state:
+                await emit(outputs)
+                parked.pop(key, None)
+                p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)
+                table_put(referrer_state, p, key, state)
+
+    # -- chains: node and revenue updates per root -> chains rows, viral alerts ---------
+    @app.agent(chains_topic, name="chains")
+    async def chain_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await handle_chain_batch(events)
+
+    async def handle_chain_batch(events: list[Any]) -> None:
+        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        for ev in events:
+            msg = ev.message
+            item = orjson.loads(msg.value)
+            root = msg.key.decode()
+            entry = touched.get(root)
+            chain = entry[1] if entry else chain_state.data.get(msg.key)
+            chain, crossed = chains.apply(chain, item)
+            touched[root] = (msg.partition, chain)
+            if crossed:
+                s = chains.summary(chain)
+                await emit(
+                    [
+                        referrer_logic.alert(
+                            "viral_chain",
+                            "info",
+                            root,
+                            chain["updated"],
+                            {k: s[k] for k in ("nodes", "depth", "k_by_generation", "structural_virality")},
+                            str(chain["crossings"]),
+                        )
+                    ]
+                )
+        for root, (partition, chain) in touched.items():
+            chain["seq"] = chain.get("seq", 0) + 1
+            await send(out["chains"], root, {**chains.summary(chain), "version": chain["seq"]}, "chains")
+            table_put(chain_state, partition, root, chain)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")

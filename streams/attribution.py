@@ -3,7 +3,7 @@
 State per visitor is a small JSON-able dict, so it can live in a Faust table:
 
 ``{"t": [[ts, kind, ref, event_id, eligible_from], ...],   # touches, sorted by ts
-   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer], ...]}``
+   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities], ...]}``
 
 * ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
   ``ref`` is the creator).
@@ -26,6 +26,7 @@ from bisect import insort
 from dataclasses import dataclass
 from typing import Any
 
+from streams.lineage import order_identities
 from streams.models import DEFAULT_HALF_LIFE_MS, MODELS, weights
 from streams.reference import ReferenceData, Referrer
 
@@ -35,7 +36,7 @@ Row = dict[str, Any]
 # touch fields
 T_TS, T_KIND, T_REF, T_ID, T_FROM = range(5)
 # retained order fields
-O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER = range(8)
+O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS = range(9)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows)
         order["currency"],
         {},
         order["customer_id"],
+        order_identities(order),
     ]
     if not is_late(order["ts"], stream_time, w):
         state["o"].append(record)
@@ -277,6 +279,7 @@ def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
                     "ts": order[O_TS],
                     "amount_minor": amount,
                     "customer_id": order[O_CUSTOMER],
+                    "identities": order[O_IDS] if len(order) > O_IDS else [],
                 }
             )
     return rows

@@ -37,9 +37,21 @@ class ViralRule:
 
 def new_chain(root: str, ts: int) -> dict[str, Any]:
     return {
-        "root": root, "parent": {}, "gen": {root: 0}, "size": {root: 1}, "n": 1, "d": 0, "w": 0,
-        "per_gen": [1], "first_ts": [ts], "ts": [ts], "revenue": 0, "commission": 0,
-        "viral": False, "crossings": 0, "updated": ts,
+        "root": root,
+        "parent": {},
+        "gen": {root: 0},
+        "size": {root: 1},
+        "n": 1,
+        "d": 0,
+        "w": 0,
+        "per_gen": [1],
+        "first_ts": [ts],
+        "ts": [ts],
+        "revenue": 0,
+        "commission": 0,
+        "viral": False,
+        "crossings": 0,
+        "updated": ts,
     }
 
 
@@ -78,6 +90,33 @@ def add_node(chain: dict[str, Any], node: str, parent: str, ts: int) -> bool:
     if len(times) > MAX_GROWTH_TIMES:
         del times[: len(times) - MAX_GROWTH_TIMES]
     chain["updated"] = max(chain["updated"], ts)
+    return True
+
+
+def remove_leaf(chain: dict[str, Any], node: str) -> bool:
+    """Undo :func:`add_node` for a node without children; False if it has any."""
+    sizes: dict[str, int] = chain["size"]
+    if sizes.get(node) != 1 or node not in chain["parent"]:
+        return False
+    parents: dict[str, str] = chain["parent"]
+    gen: dict[str, int] = chain["gen"]
+    parent = parents.pop(node)
+    g = gen.pop(node)
+    del sizes[node]
+    path_sizes = 0
+    a = parent
+    while a in parents:
+        sizes[a] -= 1
+        path_sizes += sizes[a]
+        a = parents[a]
+    sizes[a] -= 1
+    n, d = chain["n"] - 1, chain["d"] - g
+    chain["w"] -= d + n * g - 2 * path_sizes
+    chain["n"], chain["d"] = n, d
+    chain["per_gen"][g] -= 1
+    while chain["per_gen"] and chain["per_gen"][-1] == 0:
+        chain["per_gen"].pop()
+        chain["first_ts"].pop()
     return True
 
 
@@ -150,6 +189,48 @@ def summary(chain: dict[str, Any]) -> dict[str, Any]:
         "cascade_commission_minor": chain["commission"],
         "updated_ts": chain["updated"],
     }
+
+
+def apply(
+    chain: dict[str, Any] | None, msg: dict[str, Any], rule: ViralRule = ViralRule()
+) -> tuple[dict[str, Any], bool]:
+    """Apply one chain update (``root``, ``node`` or ``revenue``); True when it made the
+    chain viral. A node whose parent has not arrived yet waits in ``orphans``."""
+    if chain is None:
+        chain = new_chain(msg["root_id"], msg["ts"])
+        chain["orders"] = {}
+        chain["orphans"] = {}
+    kind = msg["type"]
+    if kind == "node":
+        chain["orphans"][msg["node_id"]] = [msg["parent_id"], msg["ts"]]
+        _adopt(chain)
+    elif kind == "remove":
+        chain["orphans"].pop(msg["node_id"], None)
+        if msg["node_id"] in chain["gen"] and msg["node_id"] != chain["root"]:
+            remove_leaf(chain, msg["node_id"])
+    elif kind == "revenue":
+        key = f"{msg['order_id']}|{msg['referrer_id']}"
+        old = chain["orders"].get(key, [0, 0])
+        new = [msg["revenue_minor"], msg["commission_minor"]]
+        chain["revenue"] += new[0] - old[0]
+        chain["commission"] += new[1] - old[1]
+        chain["orders"][key] = new
+        chain["updated"] = max(chain["updated"], msg["ts"])
+    return chain, update_viral(chain, rule)
+
+
+def _adopt(chain: dict[str, Any]) -> None:
+    orphans: dict[str, list[Any]] = chain["orphans"]
+    progress = True
+    while progress:
+        progress = False
+        for node, (parent, ts) in list(orphans.items()):
+            if node in chain["gen"]:
+                del orphans[node]
+            elif parent in chain["gen"]:
+                add_node(chain, node, parent, ts)
+                del orphans[node]
+                progress = True
 
 
 # -- brute force, for tests and the simulator's ground truth ------------------------------

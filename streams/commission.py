@@ -136,18 +136,20 @@ def prune_book(book: dict[str, Any], now_ms: int) -> None:
 
 
 # -- order ledger ----------------------------------------------------------------------
-# state: {"c": {referrer: [credit, amount, rate, currency, ts, hold_days, version, kind]},
+# state: {"c": {"referrer|kind": [credit, amount, rate, currency, ts, hold_days, version, kind]},
 #         "r": {refund_event_id: [ts, amount]}, "seq": n, "approved": bool, "p": partition}
 def new_ledger(partition: int) -> dict[str, Any]:
     return {"c": {}, "r": {}, "seq": 0, "approved": False, "p": partition}
 
 
 def ledger_set_commission(ledger: dict[str, Any], fact: dict[str, Any]) -> bool:
-    """Store a referrer's terms on the order; False when the fact is older than what is held."""
-    current = ledger["c"].get(fact["referrer_id"])
+    """Store a referrer's terms on the order (its commission, or a chain override for the
+    referrer's parent); False when the fact is older than what is held."""
+    key = f"{fact['referrer_id']}|{fact.get('kind', 'commission')}"
+    current = ledger["c"].get(key)
     if current is not None and current[6] > fact["version"]:
         return False
-    ledger["c"][fact["referrer_id"]] = [
+    ledger["c"][key] = [
         fact["credit"],
         fact["amount_minor"],
         fact["rate"],
@@ -179,7 +181,8 @@ def ledger_entries(order_id: str, ledger: dict[str, Any]) -> list[dict[str, Any]
     approved = ledger["approved"]
     refunds = sorted(ledger["r"].items(), key=lambda kv: (kv[1][0], kv[0]))
     entries: list[dict[str, Any]] = []
-    for referrer_id, (credit, amount, rate, currency, ts, hold_days, _, kind) in sorted(ledger["c"].items()):
+    for key, (credit, amount, rate, currency, ts, hold_days, _, kind) in sorted(ledger["c"].items()):
+        referrer_id = key.rsplit("|", 1)[0]
         hold_until = ts + hold_days * DAY_MS
         status = "approved" if approved else "pending"
         entries.append(

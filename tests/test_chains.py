@@ -106,3 +106,17 @@ def test_incremental_virality_equals_brute_force(choices: list[int]) -> None:
     assert chain["d"] == sum(depths)
     for node, p in chain["parent"].items():
         assert chain["gen"][node] == chain["gen"][p] + 1  # generation = parent's + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10_000), min_size=2, max_size=80), st.data())
+def test_removing_a_leaf_undoes_adding_it(choices: list[int], data: st.DataObject) -> None:
+    parent_of = [c % (i + 1) for i, c in enumerate(choices)]
+    chain = build(parent_of)
+    leaves = [n for n, size in chain["size"].items() if size == 1 and n != "n0"]
+    leaf = data.draw(st.sampled_from(leaves))
+    assert chains.remove_leaf(chain, leaf)
+    rest = {n: p for n, p in chain["parent"].items()}
+    assert math.isclose(chains.structural_virality(chain), chains.brute_force_virality(rest, "n0"), rel_tol=1e-12)
+    assert chain["n"] == len(parent_of) and sum(chain["per_gen"]) == chain["n"]
+    assert not chains.remove_leaf(chain, "n0")

@@ -131,6 +131,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 and t["dead_letters"] == truth["malformed"]
                 and t["attributed"] >= expected_attributed
                 and lag == 0
+                and t["chain_nodes"] >= len(truth["chain_parents"])
             )
 
         wait_for(settled, 180, "every event to be processed")
@@ -272,3 +273,35 @@ def test_commission_ledger_matches_the_credited_orders(run: Run, ch: ClickHouse)
         1 for v in run.truth["last_click"].values() if v and not v["referrer_id"].startswith("s7-cus-")
     )
     assert round(daily) == creator_orders
+
+
+def test_chain_parents_equal_the_ground_truth(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query("SELECT node_id, parent_id, root_id, generation FROM ripple.chain_nodes FINAL")
+    parents = {node: parent for node, parent, _, _ in rows if parent}
+    assert parents == run.truth["chain_parents"]
+    gen = {node: g for node, _, _, g in rows}
+    assert all(gen[node] == gen[parent] + 1 for node, parent in parents.items())
+    roots = {node for node, parent, root, g in rows if not parent}
+    assert all(root in roots for _, _, root, _ in rows)
+
+
+def test_exactly_the_super_critical_chains_are_viral(run: Run, ch: ClickHouse) -> None:
+    flagged = {r[0] for r in ch.query("SELECT root_id FROM ripple.chains FINAL WHERE viral = 1")}
+    truth = {root for root, c in run.truth["chains"].items() if c["viral"]}
+    supers = {root for root, c in run.truth["chains"].items() if c["class"] == "super"}
+    assert flagged == truth == supers
+    alerts = {r[0] for r in ch.query("SELECT referrer_id FROM ripple.alerts FINAL WHERE rule = 'viral_chain'")}
+    assert alerts == flagged
+    sizes = dict(ch.query("SELECT root_id, nodes FROM ripple.chains FINAL"))
+    assert {r: sizes[r] for r in truth} == {r: run.truth["chains"][r]["nodes"] for r in truth}
+
+
+def test_referral_rings_are_caught_and_earn_nothing(run: Run, ch: ClickHouse) -> None:
+    caught = ch.query(
+        "SELECT order_id, status, reasons, commission_minor FROM ripple.attributions FINAL "
+        "WHERE model = 'last_click' AND status = 'blocked'"
+    )
+    assert {r[0] for r in caught} == set(run.truth["rings"]) != set()
+    assert all(r[2] == ["referral_ring"] and r[3] == 0 for r in caught)
+    alerted = ch.query("SELECT count() FROM ripple.alerts FINAL WHERE rule = 'referral_ring'")[0][0]
+    assert alerted == len(run.truth["rings"])

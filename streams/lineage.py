@@ -1,0 +1,108 @@
+"""Customer-to-customer lineage, kept in each referrer's own state. Pure logic.
+
+A referrer's state carries ``"lin"``: its place in a referral tree, fixed once set::
+
+    {"root": root id, "gen": generation, "parent": parent id or "",
+     "own": [its identity hashes], "anc": [identity hashes of its ancestors]}
+
+* A creator is a root (generation 0) the first time it is credited.
+* A customer becomes a node the first time one of its orders is credited under the
+  commission model: the referrer sends a *claim* keyed by the customer, carrying the
+  referrer's root, generation and identities, so the new node knows its root and
+  generation at once. "First" is in event time; once the node has referred someone its
+  parent is fixed forever.
+* A customer who refers before being a node starts a tree of its own (generation 0).
+* An order whose identity hashes meet those of an ancestor of its referrer is a
+  ``referral_ring``; meeting the referrer's own is a ``self_referral``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IDENTITY_FIELDS = ("email_hash", "payment_hash", "device_id")
+
+
+def order_identities(order: dict[str, Any]) -> list[str]:
+    return sorted({str(order[f]) for f in IDENTITY_FIELDS if order.get(f)})
+
+
+def creator_identities(creator: dict[str, Any]) -> list[str]:
+    ids = {str(creator[f]) for f in ("email_hash", "payment_hash") if creator.get(f)}
+    ids.update(str(d) for d in creator.get("device_ids") or ())
+    return sorted(ids)
+
+
+def ensure_lineage(state: dict[str, Any], referrer_id: str, own: list[str]) -> tuple[dict[str, Any], bool]:
+    """The referrer's lineage, making it a root when it has none; True when it just became one."""
+    lin = state.get("lin")
+    if lin is not None:
+        if own and not lin["own"]:
+            lin["own"] = own
+        return lin, False
+    lin = {"root": referrer_id, "gen": 0, "parent": "", "own": own, "anc": []}
+    state["lin"] = lin
+    return lin, True
+
+
+def claim_for(parent_id: str, parent_lin: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The claim a credited order's customer receives from its referrer."""
+    return {
+        "type": "claim",
+        "node_id": row["customer_id"],
+        "parent_id": parent_id,
+        "root_id": parent_lin["root"],
+        "generation": parent_lin["gen"] + 1,
+        "anc": sorted(set(parent_lin["anc"]) | set(parent_lin["own"])),
+        "own": row.get("identities") or [],
+        "ts": row["ts"],
+        "order_id": row["order_id"],
+        "version": row["version"],
+    }
+
+
+def apply_claim(state: dict[str, Any], claim: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Make the customer a node under the claim's parent.
+
+    The parent is the referrer of the customer's earliest credited order in event time
+    (``ts``, then order id; a restated order's latest credit). Claims can arrive out of
+    that order, so a better claim still moves the node as long as it has not referred
+    anyone; once it has, its place is fixed forever. Returns ``(node row, previous place)``,
+    ``(None, None)`` when nothing changes.
+    """
+    lin = state.get("lin")
+    # earliest order first; for the same order, its latest restatement
+    rank = [claim["ts"], claim.get("order_id", ""), -claim.get("version", 0)]
+    if lin is not None:
+        if lin.get("used") or lin["parent"] == "" or rank >= lin.get("rank", rank):
+            return None, None
+    previous = None if lin is None else {"root_id": lin["root"], "node_id": claim["node_id"]}
+    state["lin"] = {
+        "root": claim["root_id"],
+        "gen": claim["generation"],
+        "parent": claim["parent_id"],
+        "own": claim["own"],
+        "anc": claim["anc"],
+        "rank": rank,
+        "used": False,
+    }
+    node = {
+        "node_id": claim["node_id"],
+        "parent_id": claim["parent_id"],
+        "root_id": claim["root_id"],
+        "generation": claim["generation"],
+        "ts": claim["ts"],
+    }
+    return node, previous
+
+
+def identity_match(lin: dict[str, Any], identities: list[str]) -> str | None:
+    """``self_referral`` or ``referral_ring`` when the order's identities meet the lineage."""
+    ids = set(identities)
+    if not ids:
+        return None
+    if ids & set(lin["own"]):
+        return "self_referral"
+    if ids & set(lin["anc"]):
+        return "referral_ring"
+    return None
