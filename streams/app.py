@@ -182,10 +182,13 @@ def create_app(settings: Settings) -> faust.App:
                 ],
             )
 
+    processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
+
     async def decode_batch(events: list[Any]) -> list[tuple[str, int, dict[str, Any]]]:
         decoded: list[tuple[str, int, dict[str, Any]]] = []
         for ev in events:
             msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
             metrics.messages_in.labels(msg.topic).inc()
             good, bad = decode(msg.topic, msg.value, int(msg.timestamp * 1000), settings.max_future_ms)
             if bad:
@@ -310,6 +313,7 @@ def create_app(settings: Settings) -> faust.App:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         for ev in events:
             msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
             item = orjson.loads(msg.value)
             key = msg.key.decode()
             entry = touched.get(key)
@@ -330,6 +334,15 @@ def create_app(settings: Settings) -> faust.App:
 
     parked: dict[str, int] = {}  # referrers with credits waiting for their own claim -> partition
     parked_loaded = False
+    upstream = {*COPARTITIONED_TOPICS, "ripple-credits", "ripple-lineage"}
+
+    async def upstream_caught_up() -> bool:
+        """Nothing a claim could still be travelling through is waiting in this worker."""
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
+        if not tps:
+            return True
+        highs = await app.consumer.highwaters(*tps)
+        return all(processed.get((tp.topic, tp.partition), -1) + 1 >= high for tp, high in highs.items())
 
     @app.timer(1.0)
     async def release_parked() -> None:
@@ -339,6 +352,8 @@ def create_app(settings: Settings) -> faust.App:
             for key, state in list(referrer_state.data.items()):
                 if isinstance(state, dict) and "parked" in state:
                     parked.setdefault(key.decode(), -1)
+        if not parked or not await upstream_caught_up():
+            return  # a customer becomes a root only once its own claim cannot be on its way
         now = time.time()
         for key, partition in list(parked.items()):
             state = referrer_state.data.get(key.encode())

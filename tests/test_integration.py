@@ -122,10 +122,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         expected_orders = truth["counts"]["orders"]
         expected_attributed = sum(1 for v in truth["last_click"].values() if v)
 
+        last: dict[str, Any] = {}
+
         def settled() -> bool:
             t = json.loads(get(totals_url))
             health = json.loads(get(f"{runtime['web']}/healthz"))
             lag = sum(v["lag"] for v in health.get("topics", {}).values())
+            last.update(t, lag=lag)
             return (
                 t["orders"] == expected_orders
                 and t["dead_letters"] == truth["malformed"]
@@ -134,7 +137,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 and t["chain_nodes"] >= len(truth["chain_parents"])
             )
 
-        wait_for(settled, 180, "every event to be processed")
+        try:
+            wait_for(settled, 180, "every event to be processed")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: last {last}, expected orders {expected_orders}, attributed {expected_attributed}, "
+                f"malformed {truth['malformed']}, chain nodes {len(truth['chain_parents'])}"
+            ) from None
         time.sleep(2)  # one more sink flush for late restatements
         healthz = json.loads(get(f"{runtime['web']}/healthz"))
         sink_metrics = get(f"{runtime['web']}/metrics").decode()
