@@ -159,6 +159,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import create_app
 
     create_topics(settings.bootstrap, settings.partitions)  # idempotent: existing topics stay
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
 
     if args.web_port is None:
         settings = settings.replace(web_port=6066)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -49,6 +50,7 @@ class ReferenceReader(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
+        self._ready = asyncio.Event()
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
@@ -60,7 +62,8 @@ class ReferenceReader(Service):
                 parts.append(TopicPartition(topic, p))
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
-        await self.sync(force=True)
+        await self._catch_up()
+        self._ready.set()
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -81,12 +84,16 @@ class ReferenceReader(Service):
                 for event in good:
                     self.data.apply(tp.topic, event)
 
-    async def sync(self, force: bool = False) -> None:
+    async def sync(self) -> None:
         """Return once everything written to the reference topics before now is applied."""
+        await self._ready.wait()  # agents may get events before this service has started
         now = time.monotonic()
-        if not force and now - self._last_sync < 0.2:
+        if now - self._last_sync < 0.2:
             return
         self._last_sync = now
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         parts = list(consumer.assignment())
@@ -145,6 +152,7 @@ def create_app(settings: Settings) -> faust.App:
         return app.Table(
             name,
             default=None,
+            key_type=bytes,  # keys travel raw in the changelog: the table derives its serializer from this
             schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
             partitions=settings.partitions,
         )
@@ -197,13 +205,28 @@ def create_app(settings: Settings) -> faust.App:
             decoded.extend((msg.topic, msg.partition, e) for e in good)
         return decoded
 
+    async def guarded(handler: Any, events: list[Any]) -> None:
+        """Run one batch; on an unexpected error stop the process before anything is acked.
+
+        Faust acks the events of an agent that raises and restarts it, which would lose
+        the batch. Exiting instead leaves the batch uncommitted: the restarted worker
+        reads it again (every output is idempotent)."""
+        try:
+            await handler(events)
+        except Exception:
+            log.exception("unexpected error in a batch; exiting so it is read again after a restart")
+            logging.shutdown()
+            os._exit(70)
+
     def table_put(table: Any, partition: int, key: str, value: Any) -> None:
         # Explicit partition: a key's state lives in the changelog partition of the input
         # partition that holds the key, whatever the batch's last event was.
         kb = key.encode()
         if value is None:
-            if table.data.pop(kb, None) is not None:
-                table.send_changelog(partition, kb, None, value_serializer="raw")
+            # No tombstone: the embedded broker hands a null value back as empty bytes,
+            # which the JSON changelog cannot decode on recovery. 0 reads as "no state".
+            if table.data.pop(kb, None):
+                table.send_changelog(partition, kb, 0)
         else:
             table.data[kb] = value
             table.send_changelog(partition, kb, value)
@@ -237,7 +260,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(*COPARTITIONED_TOPICS), name="visitors")
     async def visitor_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await handle_visitor_batch(events)
+            await guarded(handle_visitor_batch, events)
 
     async def handle_visitor_batch(events: list[Any]) -> None:
         started = time.perf_counter()
@@ -307,7 +330,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic("ripple-credits", "ripple-lineage"), name="referrers")
     async def referrer_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await handle_referrer_batch(events)
+            await guarded(handle_referrer_batch, events)
 
     async def handle_referrer_batch(events: list[Any]) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -371,7 +394,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(chains_topic, name="chains")
     async def chain_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await handle_chain_batch(events)
+            await guarded(handle_chain_batch, events)
 
     async def handle_chain_batch(events: list[Any]) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -406,7 +429,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
     async def ledger_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await handle_ledger_batch(events)
+            await guarded(handle_ledger_batch, events)
 
     async def handle_ledger_batch(events: list[Any]) -> None:
         refunds = [e for e in events if e.message.topic == "refunds"]
@@ -469,7 +492,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic("codes", "creators"), name="reference")
     async def reference_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await decode_batch(events)
+            await guarded(decode_batch, events)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
