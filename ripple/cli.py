@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="all-in-one: embedded broker, worker, sink, dashboard")
     _common(up, clickhouse=True, web=True)
     up.add_argument("--demo", action="store_true", help="also run the simulator")
-    up.add_argument("--demo-rate", type=_positive(float), default=2000.0, help="demo events per second")
+    up.add_argument("--demo-rate", type=_positive(float), default=1000.0, help="demo events per second")
 
     worker = sub.add_parser("worker", help="one Faust stream worker")
     _common(worker, web=True)

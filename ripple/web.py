@@ -40,6 +40,24 @@ ORDER BY revenue_minor DESC
 LIMIT {limit:UInt32}
 """
 
+CHAINS_SQL = """
+SELECT
+    ch.root_id AS root_id,
+    coalesce(nullIf(c.handle, ''), ch.root_id) AS name,
+    ch.nodes AS nodes,
+    ch.depth AS depth,
+    ch.k_by_generation AS k_by_generation,
+    round(ch.structural_virality, 2) AS structural_virality,
+    ch.viral AS viral,
+    ch.new_nodes_24h AS new_nodes_24h,
+    ch.cascade_revenue_minor AS cascade_revenue_minor
+FROM ripple.chains AS ch FINAL
+LEFT JOIN (SELECT creator_id, handle FROM ripple.creators FINAL) AS c ON c.creator_id = ch.root_id
+WHERE ch.nodes > 1
+ORDER BY ch.viral DESC, ch.nodes DESC
+LIMIT {limit:UInt32}
+"""
+
 TOTALS_SQL = """
 SELECT
     (SELECT count() FROM ripple.views FINAL) AS views,
@@ -124,6 +142,14 @@ def build_app(
         rows = await blocking(ch.query_dicts, LEADERBOARD_SQL, {"model": model, "limit": limit})
         return web.json_response(rows)
 
+    async def top_chains(request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(100, int(request.query.get("limit", "10"))))
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be an integer") from None
+        rows = await blocking(ch.query_dicts, CHAINS_SQL, {"limit": limit})
+        return web.json_response(rows)
+
     async def totals(_: web.Request) -> web.Response:
         rows = await blocking(ch.query_dicts, TOTALS_SQL)
         return web.json_response(rows[0] if rows else {})
@@ -133,6 +159,7 @@ def build_app(
     app.router.add_get("/metrics", prom)
     app.router.add_get("/api/leaderboard", leaderboard)
     app.router.add_get("/api/totals", totals)
+    app.router.add_get("/api/chains", top_chains)
     return app
 
 

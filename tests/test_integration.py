@@ -44,6 +44,7 @@ class Run:
     stdout: str
     worker_pid: int
     first_event_seconds: float
+    chains_api: list[dict[str, Any]]
 
 
 def get(url: str) -> bytes:
@@ -147,6 +148,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         time.sleep(2)  # one more sink flush for late restatements
         healthz = json.loads(get(f"{runtime['web']}/healthz"))
         sink_metrics = get(f"{runtime['web']}/metrics").decode()
+        chains_api = json.loads(get(f"{runtime['web']}/api/chains?limit=5"))
         worker_metrics = get(f"{runtime['worker_metrics']}/metrics").decode()
         second = subprocess.run(
             [sys.executable, "-m", "ripple", "up", "--data-dir", str(data_dir), "--web-port", str(free_port())],
@@ -174,6 +176,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             stdout,
             worker_pid,
             first_event_seconds,
+            chains_api,
         )
     finally:
         if proc.poll() is None:
@@ -314,3 +317,10 @@ def test_referral_rings_are_caught_and_earn_nothing(run: Run, ch: ClickHouse) ->
     assert all(r[2] == ["referral_ring"] and r[3] == 0 for r in caught)
     alerted = ch.query("SELECT count() FROM ripple.alerts FINAL WHERE rule = 'referral_ring'")[0][0]
     assert alerted == len(run.truth["rings"])
+
+
+def test_the_page_lists_the_top_chains(run: Run) -> None:
+    viral = {root for root, c in run.truth["chains"].items() if c["viral"]}
+    top = run.chains_api
+    assert {c["root_id"] for c in top if c["viral"]} == viral
+    assert all({"nodes", "depth", "k_by_generation", "structural_virality"} <= set(c) for c in top)
