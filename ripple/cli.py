@@ -52,6 +52,21 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _chain_k(value: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        name, sep, number = part.partition("=")
+        if name not in ("sub", "near", "super") or not sep:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected sub=K, near=K or super=K")
+        try:
+            out[name] = float(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{number!r} is not a number") from None
+        if not 0 <= out[name] <= 10:
+            raise argparse.ArgumentTypeError(f"K={number} must be between 0 and 10")
+    return out
+
+
 def _common(p: argparse.ArgumentParser, *, bootstrap: bool = True, clickhouse: bool = False, web: bool = False) -> None:
     p.add_argument(
         "--data-dir", type=Path, help="state and embedded ClickHouse (env RIPPLE_DATA_DIR, default ./.ripple)"
@@ -92,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--views", type=_positive(int), default=3000, help="content views to simulate")
     sim.add_argument("--rate", type=_positive(float), default=0.0, help="messages per second (0: as fast as possible)")
     sim.add_argument("--malformed", type=_positive(float), default=0.01, help="share of malformed messages")
+    sim.add_argument(
+        "--chain-k",
+        type=_chain_k,
+        help="mean friends referred per customer, by creator class: sub=0.15,near=0.6,super=2.2",
+    )
 
     mig = sub.add_parser("migrate", help="apply deploy/clickhouse DDL")
     mig.add_argument("--clickhouse", help="ClickHouse DSN (env RIPPLE_CLICKHOUSE)")
@@ -218,6 +238,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         views=args.views,
         malformed_share=args.malformed,
     )
+    if args.chain_k:
+        cfg.chain_k = {**cfg.chain_k, **args.chain_k}
     ds = generate(cfg)
     total = len(ds.reference) + len(ds.events)
     print(

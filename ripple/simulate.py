@@ -37,11 +37,12 @@ TIER_RATES = {  # engagement (click per view) and conversion (order per click) r
     "macro": ((0.01, 0.03), (0.005, 0.02)),
 }
 TIER_PLANS = {
-    "nano": {"rate": 0.15, "hold_days": 30},
+    "nano": {"rate": 0.15, "hold_days": 30, "override_rate": 0.03},
     "micro": {
         "rate": 0.10,
         "tiers": [{"min_conversions": 10, "rate": 0.12}, {"min_conversions": 50, "rate": 0.15}],
         "hold_days": 30,
+        "override_rate": 0.02,
     },
     "macro": {"rate": 0.08, "flat_fee_minor": 50_000, "hold_days": 30},
 }

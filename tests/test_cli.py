@@ -36,6 +36,8 @@ def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["up", "--log-level", "loud"], {}, "log-level"),
         (["simulate", "--views", "-5", "--out", "/tmp/x"], {}, "negative"),
         (["simulate", "--start", "yesterday", "--out", "/tmp/x"], {}, "ISO 8601"),
+        (["simulate", "--chain-k", "super=lots", "--out", "/tmp/x"], {}, "not a number"),
+        (["simulate", "--chain-k", "mega=2", "--out", "/tmp/x"], {}, "expected sub=K"),
         (["up"], {"RIPPLE_PARTITIONS": "eight"}, "RIPPLE_PARTITIONS"),
         (["up"], {"RIPPLE_MAX_LATENESS_MS": "-1"}, "max_lateness_ms"),
         (["worker"], {}, "--bootstrap"),

@@ -324,3 +324,20 @@ def test_the_page_lists_the_top_chains(run: Run) -> None:
     top = run.chains_api
     assert {c["root_id"] for c in top if c["viral"]} == viral
     assert all({"nodes", "depth", "k_by_generation", "structural_virality"} <= set(c) for c in top)
+
+
+def test_overrides_pay_the_referrers_parent(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query(
+        "SELECT l.order_id, l.referrer_id, l.commission_minor, a.referrer_id, a.revenue_minor "
+        "FROM ripple.commission_ledger AS l FINAL "
+        "INNER JOIN (SELECT order_id, referrer_id, revenue_minor FROM ripple.attributions FINAL "
+        "            WHERE model = 'last_click' AND credit > 0 AND status = 'ok') AS a ON a.order_id = l.order_id "
+        "WHERE l.kind = 'override'"
+    )
+    assert rows, "micro and nano creators' plans carry an override rate"
+    parents = run.truth["chain_parents"]
+    rates = {"nano": 0.03, "micro": 0.02}
+    tiers = dict(ch.query("SELECT creator_id, tier FROM ripple.creators FINAL"))
+    for order_id, parent, minor, referrer, revenue in rows:
+        assert parents[referrer] == parent, order_id
+        assert minor == round(revenue * rates[tiers[parent]])

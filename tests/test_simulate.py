@@ -130,3 +130,11 @@ def test_ground_truth_covers_every_order_with_referrers_that_exist(dataset: Data
 def test_some_events_are_sent_twice(dataset: Dataset) -> None:
     ids = Counter(m.event["event_id"] for m in dataset.events if m.event is not None)
     assert any(n > 1 for n in ids.values())
+
+
+def test_chain_k_shapes_the_trees() -> None:
+    flat = generate(SimConfig(seed=3, start_ms=START, views=3000, chain_k={"sub": 0.0, "near": 0.0, "super": 0.0}))
+    bushy = generate(SimConfig(seed=3, start_ms=START, views=3000, chain_k={"sub": 0.0, "near": 0.0, "super": 2.5}))
+    depth = lambda ds: max((c["depth"] for c in ds.truth["chains"].values()), default=0)  # noqa: E731
+    assert depth(flat) <= 1 < 3 <= depth(bushy)
+    assert all(c["class"] == "super" for c in bushy.truth["chains"].values() if c["viral"])

@@ -1,0 +1,152 @@
+"""What happens at a referrer's key (streams/referrer.py), without Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams import commission as comm
+from streams import referrer as ref
+
+T = 1_767_225_600_000
+PLANS = {"cr-jane": comm.plan_from({"rate": 0.1, "override_rate": 0.05})}
+
+
+def plan_of(referrer_id: str) -> comm.Plan:
+    return PLANS.get(referrer_id, comm.plan_from({}))
+
+
+def identities_of(referrer_id: str) -> list[str]:
+    return ["h:jane-card"] if referrer_id == "cr-jane" else []
+
+
+def row(
+    referrer: str,
+    rtype: str,
+    order_id: str,
+    customer: str,
+    ts: int,
+    ids: list[str] | None = None,
+    model: str = "last_click",
+    credit: float = 1.0,
+) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "model": model,
+        "referrer_id": referrer,
+        "referrer_type": rtype,
+        "root_creator_id": "",
+        "touch_type": "click",
+        "touch_event_id": "c",
+        "credit": credit,
+        "revenue_minor": 10_000,
+        "commission_minor": 0,
+        "currency": "USD",
+        "ctot_ms": 1,
+        "status": "ok",
+        "reasons": [],
+        "generation": 0,
+        "version": 2,
+        "ts": ts,
+        "amount_minor": 10_000,
+        "customer_id": customer,
+        "identities": ids or [f"h:{customer}-card"],
+    }
+
+
+def credit(state: dict[str, Any], r: dict[str, Any], now: float = 0.0) -> list[ref.Output]:
+    return ref.on_credit(state, r, plan_of, identities_of, "last_click", now)
+
+
+def by_topic(out: list[ref.Output], topic: str) -> list[dict[str, Any]]:
+    return [v for t, _, v in out if t == topic]
+
+
+def test_a_creator_becomes_a_root_and_its_buyer_gets_a_claim() -> None:
+    jane: dict[str, Any] = ref.new_state()
+    out = credit(jane, row("cr-jane", "creator", "o1", "cus-1", T))
+    assert by_topic(out, "chain_nodes")[0] == {
+        "node_id": "cr-jane",
+        "parent_id": "",
+        "root_id": "cr-jane",
+        "generation": 0,
+        "ts": T,
+        "version": 0,
+    }
+    claim = by_topic(out, "ripple-lineage")[0]
+    assert (claim["node_id"], claim["parent_id"], claim["root_id"], claim["generation"]) == (
+        "cus-1",
+        "cr-jane",
+        "cr-jane",
+        1,
+    )
+    assert claim["anc"] == ["h:jane-card"]
+    attribution = by_topic(out, "attributions")[0]
+    assert (attribution["root_creator_id"], attribution["generation"], attribution["commission_minor"]) == (
+        "cr-jane",
+        0,
+        1000,
+    )
+
+
+def test_a_customer_parks_its_credits_until_its_own_claim() -> None:
+    jane: dict[str, Any] = ref.new_state()
+    claim = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
+    cus1: dict[str, Any] = ref.new_state()
+    assert credit(cus1, row("cus-1", "customer", "o2", "cus-2", T + 10), now=100.0) == []  # parked
+    node_out = ref.on_claim(cus1, claim)
+    assert by_topic(node_out, "chain_nodes")[0]["parent_id"] == "cr-jane"
+    released = ref.release(cus1, plan_of, identities_of, "last_click")
+    claim2 = by_topic(released, "ripple-lineage")[0]
+    assert (claim2["root_id"], claim2["generation"], claim2["parent_id"]) == ("cr-jane", 2, "cus-1")
+    # the parent of cus-1 earns an override on cus-1's referral
+    overrides = [v for v in by_topic(released, "ripple-commissions") if v["kind"] == "override"]
+    assert [(o["referrer_id"], o["rate"]) for o in overrides] == [("cr-jane", 0.05)]
+
+
+def test_a_customer_without_a_claim_becomes_a_root_after_the_wait() -> None:
+    cus: dict[str, Any] = ref.new_state()
+    credit(cus, row("cus-9", "customer", "o3", "cus-10", T), now=100.0)
+    assert ref.release(cus, plan_of, identities_of, "last_click", now_s=100.0 + ref.CLAIM_WAIT_S / 2) == []
+    out = ref.release(cus, plan_of, identities_of, "last_click", now_s=100.0 + ref.CLAIM_WAIT_S)
+    assert by_topic(out, "chain_nodes")[0]["root_id"] == "cus-9"
+    assert "parked" not in cus
+
+
+def test_an_earlier_claim_moves_a_node_until_it_refers_someone() -> None:
+    cus: dict[str, Any] = ref.new_state()
+    late = {
+        "node_id": "cus-1",
+        "parent_id": "cr-leo",
+        "root_id": "cr-leo",
+        "generation": 1,
+        "anc": [],
+        "own": [],
+        "ts": T + 100,
+        "order_id": "o9",
+        "version": 2,
+    }
+    early = {**late, "parent_id": "cr-jane", "root_id": "cr-jane", "ts": T, "order_id": "o1"}
+    ref.on_claim(cus, late)
+    moved = ref.on_claim(cus, early)
+    assert by_topic(moved, "chain_nodes")[0]["parent_id"] == "cr-jane"
+    assert [v["type"] for v in by_topic(moved, "ripple-chains")] == ["remove", "node"]
+    credit(cus, row("cus-1", "customer", "o5", "cus-5", T + 200))  # cus-1 refers someone: fixed
+    assert ref.on_claim(cus, {**early, "ts": T - 1}) == []
+
+
+def test_an_order_paid_with_an_ancestors_card_is_a_blocked_ring() -> None:
+    jane: dict[str, Any] = ref.new_state()
+    claim = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
+    cus1: dict[str, Any] = ref.new_state()
+    ref.on_claim(cus1, claim)
+    out = credit(cus1, row("cus-1", "customer", "o2", "cus-2", T + 10, ids=["h:jane-card"]))
+    attribution = by_topic(out, "attributions")[0]
+    assert (attribution["status"], attribution["reasons"], attribution["commission_minor"]) == (
+        "blocked",
+        ["referral_ring"],
+        0,
+    )
+    assert by_topic(out, "alerts")[0]["rule"] == "referral_ring"
+    assert by_topic(out, "ripple-lineage") == []  # a ring earns no place in the tree
+    own = credit(cus1, row("cus-1", "customer", "o3", "cus-3", T + 20, ids=["h:cus-1-card"]))
+    assert by_topic(own, "attributions")[0]["reasons"] == ["self_referral"]
