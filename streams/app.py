@@ -84,6 +84,9 @@ class ReferenceReader(Service):
                 for event in good:
                     self.data.apply(tp.topic, event)
 
+    async def ready(self) -> None:
+        await self._ready.wait()
+
     async def sync(self) -> None:
         """Return once everything written to the reference topics before now is applied."""
         await self._ready.wait()  # agents may get events before this service has started
@@ -265,8 +268,13 @@ def create_app(settings: Settings) -> faust.App:
     async def handle_visitor_batch(events: list[Any]) -> None:
         started = time.perf_counter()
         decoded = await decode_batch(events)
-        if any(t == "orders" and e.get("discount_code") for t, _, e in decoded):
-            await reader.sync()
+        await reader.ready()  # never credit with half-loaded codes (a worker just started)
+        if any(
+            not reference.knows(e.get("discount_code") if t == "orders" else e.get("ref"))
+            and (t == "clicks" or e.get("discount_code"))
+            for t, _, e in decoded
+        ):
+            await reader.sync()  # a code this worker has not seen yet may just have been written
         touched: dict[str, tuple[int, attr.State]] = {}
         for topic, partition, event in decoded:
             st = visitor_clock.get(partition)
@@ -366,6 +374,13 @@ def create_app(settings: Settings) -> faust.App:
             return True
         highs = await app.consumer.highwaters(*tps)
         return all(processed.get((tp.topic, tp.partition), -1) + 1 >= high for tp, high in highs.items())
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
+        # tables were just recovered for a new assignment: rebuild the in-memory indexes
+        nonlocal parked_loaded
+        parked_loaded = False
+        pending_loaded.clear()
 
     @app.timer(1.0)
     async def release_parked() -> None:
