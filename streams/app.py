@@ -23,11 +23,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from ripple.config import COPARTITIONED_TOPICS, Settings
+from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_for
 from streams import attribution as attr
-from streams import chains, lineage
+from streams import chains, faust_fixes, lineage
 from streams import commission as comm
 from streams import referrer as referrer_logic
 from streams.events import Rejected, decode
@@ -116,6 +116,7 @@ class ReferenceReader(Service):
 
 def create_app(settings: Settings) -> faust.App:
     assert settings.bootstrap, "the worker needs a broker address"
+    faust_fixes.install(COMPACTED_TOPICS)
     app = faust.App(
         APP_ID,
         broker=f"kafka://{settings.bootstrap}",

@@ -1,0 +1,132 @@
+"""A fix to faust-streaming 0.15's fetch loop: never skip a message of a stream topic.
+
+After a rebalance the consumer seeks to the committed offsets, but records fetched from a
+later position can still arrive first. Faust then records the missing range as a "gap"
+(meant for compacted or transactional topics), commits past it, and drops the records of
+that range when they do arrive ("DROPPED MESSAGE ROFF"): those events are lost for good.
+Seen on the embedded broker each time a worker took over partitions.
+
+Here every stream topic (neither a changelog nor compacted) is read strictly in offset
+order: a record ahead of the next expected offset is not delivered; the partition is
+sought back to the expected offset and read again. Records behind it are duplicates and
+are dropped. Compacted topics keep Faust's own handling, where gaps are legitimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from faust.transport import consumer as faust_consumer
+
+log = logging.getLogger("ripple.worker")
+
+MAX_RESEEKS = 20  # per partition and expected offset, before a gap is accepted as real
+
+
+def install(compacted_topics: tuple[str, ...]) -> None:
+    cls: Any = faust_consumer.Consumer  # patched in place: Any keeps mypy from guarding the methods
+    if getattr(cls, "_ripple_strict_offsets", False):
+        return
+    cls._ripple_strict_offsets = True
+    original_perform_seek = cls.perform_seek
+    original_seek = cls.seek
+
+    def expected(self: Any) -> dict[Any, int]:
+        table: dict[Any, int] | None = getattr(self, "_ripple_next", None)
+        if table is None:
+            table = self._ripple_next = {}
+        return table
+
+    async def perform_seek(self: Any) -> None:
+        await original_perform_seek(self)
+        nxt = expected(self)
+        nxt.clear()
+        for tp, offset in self._read_offset.items():
+            if offset is not None and offset >= 0:
+                nxt[tp] = offset
+
+    async def seek(self: Any, partition: Any, offset: int) -> None:
+        await original_seek(self, partition, offset)
+        expected(self)[partition] = offset
+
+    def strict(topic: str) -> bool:
+        return not topic.endswith("-changelog") and topic not in compacted_topics
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - exercised by the restart test
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        nxt = expected(self)
+        reseeks: dict[Any, tuple[int, int]] = {}
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    want = nxt.get(tp)
+                    if want is not None and strict(tp.topic):
+                        if offset < want:
+                            continue  # already delivered
+                        if offset > want:
+                            tries, at = reseeks.get(tp, (0, -1))
+                            tries = tries + 1 if at == want else 1
+                            reseeks[tp] = (tries, want)
+                            if tries <= MAX_RESEEKS:
+                                log.warning(
+                                    "%s: got offset %d, expected %d; reading again from %d", tp, offset, want, want
+                                )
+                                await self.seek(tp, want)
+                                continue
+                            log.error(
+                                "%s: offsets %d..%d never arrived; going on from %d", tp, want, offset - 1, offset
+                            )
+                            await self._add_gap(tp, want, offset - 1)
+                    else:
+                        r_offset = get_read_offset(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                    nxt[tp] = offset + 1
+                self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+    cls.perform_seek = perform_seek
+    cls.seek = seek
+    cls._drain_messages = _drain_messages
+
+
+def offsets_view(consumer: Any) -> Mapping[Any, int]:
+    """The next offset the fetch loop expects per partition (for /healthz)."""
+    return dict(getattr(consumer, "_ripple_next", {}))
