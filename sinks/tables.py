@@ -264,8 +264,9 @@ def rows_for_message(
         return spec.table, spec.columns, [spec.row(e, timestamp) for e in good]
     if topic in JSON_TABLES:
         columns = JSON_TABLES[topic]
-        row = orjson.loads(value or b"{}")
-        return topic, columns, [tuple(row[c] for c in columns)]
+        loaded = orjson.loads(value or b"{}")
+        records = loaded if isinstance(loaded, list) else [loaded]  # one record or several of a key
+        return topic, columns, [tuple(r[c] for c in columns) for r in records]
     if topic == "deadletter":
         h = {k: v for k, v in headers or []}
         return (

@@ -175,6 +175,11 @@ def create_app(settings: Settings) -> faust.App:
     order_state = state_table("order_state")
     chain_state = state_table("chain_state")
 
+    async def send_many(topic: faust.TopicT, key: str, values: list[dict[str, Any]], name: str) -> None:
+        """One message for several records of the same key: Faust's cost is per message."""
+        await topic.send(key=key.encode(), value=orjson.dumps(values if len(values) > 1 else values[0]))
+        metrics.rows_out.labels(name).inc(len(values))
+
     async def send(topic: faust.TopicT, key: str, value: dict[str, Any], name: str) -> None:
         await topic.send(key=key.encode(), value=orjson.dumps(value))
         metrics.rows_out.labels(name).inc()
@@ -277,6 +282,7 @@ def create_app(settings: Settings) -> faust.App:
         ):
             await reader.sync()  # a code this worker has not seen yet may just have been written
         touched: dict[str, tuple[int, attr.State]] = {}
+        credits_out: dict[str, list[dict[str, Any]]] = {}  # one message per referrer per batch
         for topic, partition, event in decoded:
             st = visitor_clock.get(partition)
             if attr.is_late(event["ts"], st, windows):
@@ -305,10 +311,12 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.orders_attributed.inc()
             for order, result in attr.handle_event(topic, event, state, st, windows, reference, settings.policy):
                 for row in attr.rows_for(order, result, reference):
-                    await send(credits_topic, row["referrer_id"], row, "ripple-credits")
+                    credits_out.setdefault(row["referrer_id"], []).append(row)
                 conflict = attr.conflict_row(order, result, settings.policy)
                 if conflict is not None:
                     await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
+        for referrer_id, rows in credits_out.items():
+            await send_many(credits_topic, referrer_id, rows, "ripple-credits")
         for visitor, (partition, state) in touched.items():
             attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
             table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
@@ -324,10 +332,13 @@ def create_app(settings: Settings) -> faust.App:
     }
 
     async def emit(outputs: list[referrer_logic.Output]) -> None:
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for topic, key, value in outputs:
-            await send(topics_by_name[topic], key, value, topic)
+            grouped.setdefault((topic, key), []).append(value)
             if topic == "alerts":
                 metrics.alerts.labels(value["rule"], value["severity"]).inc()
+        for (topic, key), values in grouped.items():
+            await send_many(topics_by_name[topic], key, values, topic)
 
     def plan_of(referrer_id: str) -> comm.Plan:
         return comm.plan_from(reference.plan(referrer_id))
@@ -351,14 +362,15 @@ def create_app(settings: Settings) -> faust.App:
             entry = touched.get(key)
             state = entry[1] if entry else referrer_state.data.get(msg.key) or referrer_logic.new_state()
             touched[key] = (msg.partition, state)
-            if msg.topic == "ripple-lineage":
-                await emit(referrer_logic.on_claim(state, item))
-                await emit(referrer_logic.release(state, plan_of, identities_of, settings.commission_model))
-            else:
-                now = time.time()
-                await emit(
-                    referrer_logic.on_credit(state, item, plan_of, identities_of, settings.commission_model, now)
-                )
+            for one in item if isinstance(item, list) else [item]:
+                if msg.topic == "ripple-lineage":
+                    await emit(referrer_logic.on_claim(state, one))
+                    await emit(referrer_logic.release(state, plan_of, identities_of, settings.commission_model))
+                else:
+                    now = time.time()
+                    await emit(
+                        referrer_logic.on_credit(state, one, plan_of, identities_of, settings.commission_model, now)
+                    )
             if "parked" in state:
                 parked[key] = msg.partition
         for key, (partition, state) in touched.items():
@@ -420,7 +432,11 @@ def create_app(settings: Settings) -> faust.App:
             root = msg.key.decode()
             entry = touched.get(root)
             chain = entry[1] if entry else chain_state.data.get(msg.key)
-            chain, crossed = chains.apply(chain, item)
+            crossed = False
+            for one in item if isinstance(item, list) else [item]:
+                chain, crossed_now = chains.apply(chain, one)
+                crossed = crossed or crossed_now
+            assert chain is not None
             touched[root] = (msg.partition, chain)
             if crossed:
                 s = chains.summary(chain)
@@ -451,7 +467,11 @@ def create_app(settings: Settings) -> faust.App:
         refunds = [e for e in events if e.message.topic == "refunds"]
         facts = [e for e in events if e.message.topic != "refunds"]
         items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds) if refunds else []
-        items += [("ripple-commissions", e.message.partition, orjson.loads(e.message.value)) for e in facts]
+        for e in facts:
+            value = orjson.loads(e.message.value)
+            items += [
+                ("ripple-commissions", e.message.partition, v) for v in (value if isinstance(value, list) else [value])
+            ]
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         changed: set[str] = set()
         for topic, partition, item in items:
