@@ -156,8 +156,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.broker import BrokerError
     from ripple.services import AlreadyRunning, Up
 
-    if args.web_port is None and settings.web_port == Settings.web_port:
-        settings = settings.replace(web_port=8080)
+    settings = settings.with_web_port(8080)
     try:
         asyncio.run(Up(settings, args.demo, args.demo_rate, sys.stdout).run())
     except AlreadyRunning as exc:
@@ -181,8 +180,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     create_topics(settings.bootstrap, settings.partitions)  # idempotent: existing topics stay
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
 
-    if args.web_port is None:
-        settings = settings.replace(web_port=6066)
+    settings = settings.with_web_port(6066)
     uvloop.install()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
@@ -197,7 +195,7 @@ def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.services import run_sink
 
     create_topics(settings.bootstrap, settings.partitions)
-    port = args.web_port if args.web_port is not None else 8081
+    port = settings.with_web_port(8081).web_port
     asyncio.run(run_sink(settings, port))
     return 0
 

@@ -47,7 +47,7 @@ class Settings:
     data_dir: Path = Path(".ripple")
     bootstrap: str | None = None  # None: start the embedded broker
     clickhouse: str | None = None  # None: chdb://<data_dir>/clickhouse
-    web_port: int = 8080
+    web_port: int | None = None  # None: the command's own default (up 8080, worker 6066, sink 8081)
     web_host: str = "127.0.0.1"
     partitions: int = 8
     log_level: str = "info"
@@ -78,11 +78,15 @@ class Settings:
     def runtime_file(self) -> Path:
         return self.data_dir / "runtime.json"
 
+    def with_web_port(self, default: int) -> Settings:
+        """This command's web port: a flag or RIPPLE_WEB_PORT, else ``default``."""
+        return self if self.web_port is not None else dataclasses.replace(self, web_port=default)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_INT_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)}
+_INT_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.type in ("int", int, "int | None")}
 _STR_FIELDS = {"bootstrap", "clickhouse", "web_host", "log_level", "policy", "commission_model"}
 _LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
@@ -132,7 +136,7 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     if s.max_lateness_ms < 0:
         raise ConfigError(f"max_lateness_ms must be zero or positive, got {s.max_lateness_ms}")
-    if not 0 <= s.web_port <= 65535:
+    if s.web_port is not None and not 0 <= s.web_port <= 65535:
         raise ConfigError(f"web port must be between 0 and 65535, got {s.web_port}")
     if s.partitions > 1024:
         raise ConfigError(f"partitions must be at most 1024, got {s.partitions}")

@@ -39,6 +39,7 @@ def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["simulate", "--chain-k", "super=lots", "--out", "/tmp/x"], {}, "not a number"),
         (["simulate", "--chain-k", "mega=2", "--out", "/tmp/x"], {}, "expected sub=K"),
         (["up"], {"RIPPLE_PARTITIONS": "eight"}, "RIPPLE_PARTITIONS"),
+        (["worker", "--bootstrap", "127.0.0.1:9"], {"RIPPLE_WEB_PORT": "70000"}, "web port"),
         (["up"], {"RIPPLE_MAX_LATENESS_MS": "-1"}, "max_lateness_ms"),
         (["worker"], {}, "--bootstrap"),
         (["nonsense"], {}, "invalid choice"),
@@ -58,6 +59,9 @@ def test_environment_and_flags_are_read_in_one_place(tmp_path: Path) -> None:
     assert (s.partitions, s.data_dir, s.web_port) == (4, tmp_path, 9000)
     assert s.clickhouse_dsn == f"chdb://{(tmp_path / 'clickhouse').resolve()}"
     assert load_settings({}, partitions=2, bootstrap="a:1,b:2").bootstrap == "a:1,b:2"
+    # each command has its own default web port; RIPPLE_WEB_PORT or the flag wins
+    assert load_settings({}).with_web_port(6066).web_port == 6066
+    assert load_settings({"RIPPLE_WEB_PORT": "9001"}).with_web_port(6066).web_port == 9001
     with pytest.raises(ConfigError):
         load_settings({"RIPPLE_CLICK_WINDOW_MS": "0"})
 
