@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -54,4 +54,3 @@ class SinkMetrics(_Metrics):
             registry=r,
         )
         self.failures = Counter("ripple_sink_failures_total", "Failed ClickHouse inserts", registry=r)
-        self.lag = Gauge("ripple_sink_lag_messages", "Messages not yet written, by topic", ["topic"], registry=r)

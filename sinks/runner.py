@@ -39,7 +39,6 @@ class Sink:
         self.written: dict[str, int] = defaultdict(int)  # rows per table since start
         self.last_flush = time.monotonic()
         self.stopping = threading.Event()
-        self.idle = threading.Event()  # set when the sink has caught up and flushed
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap,
@@ -125,10 +124,6 @@ class Sink:
         due = time.monotonic() - self.last_flush >= batch_s
         if self.pending_offsets and (force_flush or due or self.buffered_rows >= self.settings.sink_batch_rows):
             self._flush_with_retry(deadline=None)
-        if not messages and not self.pending_offsets:
-            self.idle.set()
-        else:
-            self.idle.clear()
         return len(messages)
 
     def _flush_with_retry(self, deadline: float | None) -> None:

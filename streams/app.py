@@ -42,11 +42,10 @@ STREAM_TIME_KEY = "\x00stream_time"
 class ReferenceReader(Service):
     """Reads the compacted ``codes`` and ``creators`` topics in full, on every worker."""
 
-    def __init__(self, bootstrap: str, data: ReferenceData, metrics: WorkerMetrics) -> None:
+    def __init__(self, bootstrap: str, data: ReferenceData) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.data = data
-        self.metrics = metrics
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
@@ -138,7 +137,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     metrics = WorkerMetrics()
     reference = ReferenceData()
-    reader = ReferenceReader(settings.bootstrap, reference, metrics)
+    reader = ReferenceReader(settings.bootstrap, reference)
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted at run time
     windows = attr.Windows(
         click_ms=settings.click_window_ms,
@@ -227,6 +226,11 @@ def create_app(settings: Settings) -> faust.App:
             logging.shutdown()
             os._exit(70)
 
+    def held(touched: dict[str, tuple[int, Any]], table: Any, key: str) -> Any:
+        """The state of ``key``: the copy this batch is changing, else the table's (or None)."""
+        entry = touched.get(key)
+        return entry[1] if entry else table.data.get(key.encode()) or None
+
     def table_put(table: Any, partition: int, key: str, value: Any) -> None:
         # Explicit partition: a key's state lives in the changelog partition of the input
         # partition that holds the key, whatever the batch's last event was.
@@ -304,8 +308,7 @@ def create_app(settings: Settings) -> faust.App:
             visitor = event.get("visitor_id")
             if visitor is None:
                 continue  # an anonymous view: a fact for the creator, no visitor touch
-            entry = touched.get(visitor)
-            state = entry[1] if entry else visitor_state.data.get(visitor.encode()) or attr.new_state()
+            state = held(touched, visitor_state, visitor) or attr.new_state()
             touched[visitor] = (partition, state)
             if topic == "orders":
                 metrics.orders_attributed.inc()
@@ -359,8 +362,7 @@ def create_app(settings: Settings) -> faust.App:
             processed[(msg.topic, msg.partition)] = msg.offset
             item = orjson.loads(msg.value)
             key = msg.key.decode()
-            entry = touched.get(key)
-            state = entry[1] if entry else referrer_state.data.get(msg.key) or referrer_logic.new_state()
+            state = held(touched, referrer_state, key) or referrer_logic.new_state()
             touched[key] = (msg.partition, state)
             for one in item if isinstance(item, list) else [item]:
                 if msg.topic == "ripple-lineage":
@@ -430,8 +432,7 @@ def create_app(settings: Settings) -> faust.App:
             msg = ev.message
             item = orjson.loads(msg.value)
             root = msg.key.decode()
-            entry = touched.get(root)
-            chain = entry[1] if entry else chain_state.data.get(msg.key)
+            chain = held(touched, chain_state, root)
             crossed = False
             for one in item if isinstance(item, list) else [item]:
                 chain, crossed_now = chains.apply(chain, one)
@@ -476,8 +477,7 @@ def create_app(settings: Settings) -> faust.App:
         changed: set[str] = set()
         for topic, partition, item in items:
             order_id = item["order_id"]
-            entry = touched.get(order_id)
-            ledger = entry[1] if entry else order_state.data.get(order_id.encode()) or comm.new_ledger(partition)
+            ledger = held(touched, order_state, order_id) or comm.new_ledger(partition)
             touched[order_id] = (partition, ledger)
             if topic == "refunds":
                 if comm.ledger_add_refund(ledger, item):
@@ -487,8 +487,7 @@ def create_app(settings: Settings) -> faust.App:
             order_clock.advance(partition, item["ts"])
         for partition in {p for p, _ in touched.values()}:
             for order_id in pending_due(partition):
-                entry = touched.get(order_id)
-                ledger = entry[1] if entry else order_state.data.get(order_id.encode())
+                ledger = held(touched, order_state, order_id)
                 if ledger is None:
                     continue
                 ledger["approved"] = True

@@ -9,7 +9,7 @@ schema cannot say (a timestamp far in the future). Whatever fails becomes a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -104,9 +104,3 @@ def decode(
         else:
             bad.append(Rejected(raw if index < 0 else orjson.dumps(item), error, index))
     return good, bad
-
-
-def iter_valid(topic: str, raw: bytes | None, now_ms: int) -> Iterator[Event]:
-    """The valid events of one message (what the sink stores as raw facts)."""
-    good, _ = decode(topic, raw, now_ms)
-    yield from good

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
@@ -125,8 +124,3 @@ def install(compacted_topics: tuple[str, ...]) -> None:
     cls.perform_seek = perform_seek
     cls.seek = seek
     cls._drain_messages = _drain_messages
-
-
-def offsets_view(consumer: Any) -> Mapping[Any, int]:
-    """The next offset the fetch loop expects per partition (for /healthz)."""
-    return dict(getattr(consumer, "_ripple_next", {}))
