@@ -7,10 +7,16 @@ rates publishers report (micro: 6–12 % engagement, 2–8 % conversion; macro: 
 advocates with their own codes and refer friends. A small share of messages is
 malformed, and a few events are sent twice.
 
-Everything is drawn from one ``random.Random(seed)``: the same seed and start give the
-same events. The ground truth (expected last-click referrer per order) is computed here
-from the generated events by a separate, straightforward implementation of SPEC §3, not
-by the engine.
+Honest traffic never looks like fraud (no bots, no click floods, orders at least a minute
+after the click, no referral rings). ``SimConfig.inject`` adds labelled fraud on top — self
+referrals, click injection, click floods, bots, leaked codes, referral rings, refund abuse,
+conversion spikes — listed in ``truth["incidents"]``.
+
+Honest traffic is drawn from one ``random.Random(seed)``, injected fraud from a second one:
+the same seed and start give the same events, with or without injection (referral rings
+aside, which change the chains). The ground truth (expected credits and last-click referrer
+per order, with the effects of the SPEC §5 fraud rules) is computed here from the generated
+events by a separate, straightforward implementation of SPEC §3 and §5, not by the engine.
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ import hashlib
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
 
 from ripple.config import DAY_MS
+from streams import fraud
+from streams.fraud import FraudConfig
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -75,6 +85,28 @@ NAMES = (
     "tara",
 )
 VIEW_KINDS = ("impression", "video_view", "story_view", "landing_view")
+#: fraud the simulator can add (``SimConfig.inject``), and the SPEC §5 rule each one trips
+INJECT_RULES = {
+    "self_referral": "self_referral",
+    "click_injection": "click_injection",
+    "click_flood": "click_flood",
+    "bot": "bot_click",
+    "leakage": "code_leakage",
+    "ring": "referral_ring",
+    "refund_abuse": "refund_rate",
+    "spike": "conversion_spike",
+}
+INJECT_TYPES = tuple(INJECT_RULES)
+BOT_AGENTS = (
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "python-requests/2.31.0",
+    "Mozilla/5.0 HeadlessChrome/120.0",
+)
+BROWSER_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Safari/605.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
+)
 
 
 def tier_of(followers: int) -> str:
@@ -120,16 +152,36 @@ class SimConfig:
     near_every: int = 10  # ... and every 10th (offset 5) near-critically
     max_generations: int = 7
     max_chain_nodes: int = 150
-    ring_share: float = 0.03  # share of friend orders paid with an ancestor's card
+    ring_share: float = 0.0  # share of friend orders paid with an ancestor's card (fraud: see ``inject``)
     refund_share: float = 0.08
     malformed_share: float = 0.01
     duplicate_share: float = 0.01
+    #: appended to creators' codes and link slugs, so several programs can share one stack
+    code_tag: str = ""
     run_id: str = ""
     creator_prefix: str = ""  # keeps the same creators across demo windows
+    #: fraud to add on top of the honest traffic (INJECT_TYPES), each ``inject_count`` times
+    inject: tuple[str, ...] = ()
+    inject_count: int = 3
+    fraud: FraudConfig | None = None  # thresholds for the truth; None: streams.fraud.load_config()
 
     @property
     def prefix(self) -> str:
         return self.run_id or f"s{self.seed}"
+
+
+def parse_inject(value: str) -> tuple[str, ...]:
+    """``self_referral,bot`` or ``all`` -> the fraud types, in INJECT_TYPES order."""
+    names = {part.strip() for part in value.split(",") if part.strip()}
+    if "all" in names:
+        return INJECT_TYPES
+    unknown = sorted(names - set(INJECT_TYPES))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown fraud type{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or repr(value)}: "
+            "expected all or a comma list of " + ",".join(INJECT_TYPES)
+        )
+    return tuple(t for t in INJECT_TYPES if t in names)
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -146,6 +198,8 @@ def _lognormal_ms(rng: random.Random, median_ms: float, sigma: float, lo: int, h
 
 
 def generate(cfg: SimConfig) -> Dataset:
+    inject = parse_inject(",".join(cfg.inject)) if cfg.inject else ()
+    fcfg = cfg.fraud or fraud.load_config()
     rng = random.Random(cfg.seed)
     p = cfg.prefix
     cp = cfg.creator_prefix or p
@@ -197,15 +251,15 @@ def generate(cfg: SimConfig) -> Dataset:
                 "tier": tier,
                 "engagement": crng.uniform(eng_lo, eng_hi),
                 "conversion": crng.uniform(conv_lo, conv_hi),
-                "code": f"{handle.upper()}20",
-                "slug": handle,
+                "code": f"{handle.upper()}20{cfg.code_tag}",
+                "slug": f"{handle}{cfg.code_tag.lower()}",
                 "weight": followers**0.6,
                 "chain_class": "super" if i % cfg.super_every == 1 else "near" if i % cfg.near_every == 6 else "sub",
             }
         )
         ds.reference.append(Message("creators", creator_id, orjson.dumps(profile), profile))
         issued = cfg.start_ms - 30 * DAY_MS
-        for name, pct in ((f"{handle.upper()}20", 20), (handle, None)):
+        for name, pct in ((creators[-1]["code"], 20), (creators[-1]["slug"], None)):
             rec: dict[str, Any] = {
                 "code": name,
                 "referrer_id": creator_id,
@@ -218,7 +272,7 @@ def generate(cfg: SimConfig) -> Dataset:
             }
             codes[name.lower()] = rec
         if i % 7 == 3:  # an old code that expired before the run, still in circulation
-            old = f"{handle.upper()}10"
+            old = f"{handle.upper()}10{cfg.code_tag}"
             codes[old.lower()] = {
                 "code": old,
                 "referrer_id": creator_id,
@@ -230,7 +284,7 @@ def generate(cfg: SimConfig) -> Dataset:
             }
             creators[-1]["expired_code"] = old
         if i % 11 == 5:  # a deactivated code
-            off = f"{handle.upper()}OFF"
+            off = f"{handle.upper()}OFF{cfg.code_tag}"
             codes[off.lower()] = {
                 "code": off,
                 "referrer_id": creator_id,
@@ -248,11 +302,11 @@ def generate(cfg: SimConfig) -> Dataset:
     customers: dict[str, str] = {}  # visitor -> customer id
     orders_by_visitor: dict[str, int] = {}
 
-    def order_event(visitor: str, ts: int, code: str | None) -> dict[str, Any]:
+    def order_event(visitor: str, ts: int, code: str | None, r: random.Random = rng) -> dict[str, Any]:
         customer = customers.setdefault(visitor, next_id("cus"))
         n_prev = orders_by_visitor.get(visitor, 0)
         orders_by_visitor[visitor] = n_prev + 1
-        gross = rng.choice((1999, 2499, 3499, 4999, 5999, 7999, 12999))
+        gross = r.choice((1999, 2499, 3499, 4999, 5999, 7999, 12999))
         discount = 0
         if code:
             pct = codes.get(code.lower(), {}).get("discount_pct") or 0
@@ -270,14 +324,16 @@ def generate(cfg: SimConfig) -> Dataset:
             "payment_hash": h(p, "pay", customer),
             "device_id": f"{p}-dev-{visitor}",
             "ip_hash": h(p, "ip", visitor),
-            "items": [{"sku": f"SKU-{rng.randint(1, 40)}", "qty": 1, "price_minor": gross}],
+            "items": [{"sku": f"SKU-{r.randint(1, 40)}", "qty": 1, "price_minor": gross}],
         }
         if code:
             ev["discount_code"] = code
             ev["discount_minor"] = discount
         return ev
 
-    def click_event(visitor: str, ts: int, ref: str, creator: dict[str, Any]) -> dict[str, Any]:
+    def click_event(
+        visitor: str, ts: int, ref: str, creator: dict[str, Any], ip_hash: str = "", user_agent: str = ""
+    ) -> dict[str, Any]:
         return {
             "event_id": next_id("c"),
             "ts": ts,
@@ -286,14 +342,14 @@ def generate(cfg: SimConfig) -> Dataset:
             "utm_source": creator["platform"],
             "utm_medium": "social",
             "utm_campaign": "spring",
-            "ip_hash": h(p, "ip", visitor),
-            "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X)",
+            "ip_hash": ip_hash or h(p, "ip", visitor),
+            "user_agent": user_agent or "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X)",
             "referrer_domain": f"{creator['platform']}.com",
         }
 
     def delay_to_order() -> int:
         # seconds to weeks; a few beyond the 30-day click window
-        return _lognormal_ms(rng, 3 * HOUR_MS, 2.2, 20_000, 45 * DAY_MS)
+        return _lognormal_ms(rng, 3 * HOUR_MS, 2.2, MINUTE_MS, 45 * DAY_MS)
 
     referred_orders = 0
     for _ in range(cfg.views):
@@ -396,6 +452,8 @@ def generate(cfg: SimConfig) -> Dataset:
             frontier.append((ts, customer))
     chain_size: dict[str, int] = {}
     rings: list[str] = []
+    ring_referrer: dict[str, tuple[str, str]] = {}  # ring order -> (direct referrer, its code)
+    ring_share = 0.15 if "ring" in inject else cfg.ring_share
     frontier.sort()
     while frontier:
         t0, customer = frontier.pop(0)
@@ -423,7 +481,7 @@ def generate(cfg: SimConfig) -> Dataset:
         for _ in range(children):
             friend = next_id("vis")
             click_ts = issued + _lognormal_ms(rng, 3 * HOUR_MS, 0.8, MINUTE_MS, DAY_MS)
-            order_ts = click_ts + _lognormal_ms(rng, HOUR_MS, 0.8, 30_000, 12 * HOUR_MS)
+            order_ts = click_ts + _lognormal_ms(rng, HOUR_MS, 0.8, MINUTE_MS, 12 * HOUR_MS)
             if order_ts >= end_ms:
                 continue
             emit(
@@ -441,10 +499,11 @@ def generate(cfg: SimConfig) -> Dataset:
                 },
             )
             order = order_event(friend, order_ts, code if rng.random() < 0.5 else None)
-            if parent and node_of.get(parent, ("", 0, "x"))[2] != "" and rng.random() < cfg.ring_share:
+            if parent and node_of.get(parent, ("", 0, "x"))[2] != "" and rng.random() < ring_share:
                 # a referral ring: the friend pays with the card of the referrer's own referrer
                 order["payment_hash"] = pay_hash.get(parent) or h(p, "pay", parent)
                 rings.append(order["order_id"])
+                ring_referrer[order["order_id"]] = (customer, code)
                 emit("orders", friend, order)
                 continue
             emit("orders", friend, order)
@@ -474,6 +533,46 @@ def generate(cfg: SimConfig) -> Dataset:
             },
         )
 
+    # -- fraud, from its own random stream: the honest traffic above stays the same ------
+    incidents: list[dict[str, Any]] = []
+    injected: set[str] = set()
+    if inject:
+        env = _Env(
+            cfg=cfg,
+            fcfg=fcfg,
+            rng=random.Random(f"inject-{cfg.prefix}"),
+            start_ms=cfg.start_ms,
+            end_ms=end_ms,
+            creators=creators,
+            codes=codes,
+            events=[(topic, ev) for _, _, topic, _, ev in sorted(events, key=lambda e: (e[0], e[1]))],
+            emit=emit,
+            next_id=next_id,
+            order_event=order_event,
+            click_event=click_event,
+            injected=injected,
+            incidents=incidents,
+        )
+        for kind in inject:
+            if kind == "ring":
+                by_referrer: dict[str, list[str]] = {}
+                for order_id in rings:
+                    by_referrer.setdefault(ring_referrer[order_id][0], []).append(order_id)
+                for referrer, ids in sorted(by_referrer.items()):
+                    code = ring_referrer[ids[0]][1]
+                    incidents.append(
+                        {
+                            "rule": "referral_ring",
+                            "subject": referrer,
+                            "referrer_id": referrer,
+                            "code": code,
+                            "events": ids,
+                        }
+                    )
+            else:
+                for n in range(cfg.inject_count):
+                    _INJECTORS[kind](env, n)
+
     events.sort(key=lambda e: (e[0], e[1]))
     valid = [Message(topic, key, orjson.dumps(ev), ev) for _, _, topic, key, ev in events]
 
@@ -481,16 +580,27 @@ def generate(cfg: SimConfig) -> Dataset:
     out: list[Message] = []
     malformed: list[dict[str, Any]] = []
     far_future = int(time.time() * 1000) + 3 * DAY_MS
+    irng = random.Random(f"inject-extra-{cfg.prefix}")
     for msg in valid:
         out.append(msg)
-        if rng.random() < cfg.duplicate_share:
+        r = irng if msg.event is not None and msg.event["event_id"] in injected else rng
+        if r.random() < cfg.duplicate_share:
             out.append(msg)
-        if rng.random() < cfg.malformed_share:
-            bad = _malformed(rng, msg, far_future)
+        if r.random() < cfg.malformed_share:
+            bad = _malformed(r, msg, far_future)
             out.append(bad)
             malformed.append({"topic": bad.topic, "key": bad.key})
     ds.events = out
 
+    touch_events = [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")]
+    orders = [m.event for m in valid if m.event is not None and m.topic == "orders"]
+    excluded = expected_excluded_clicks(touch_events, codes, fcfg)
+    last_click = expected_last_click(
+        touch_events, [], codes, excluded=set(excluded), block_below_ms=fcfg.block_below_ms
+    )
+    profiles = {c["creator_id"]: c for c in creators}
+    leaked, leaking = expected_leakage(touch_events, codes, set(excluded), fcfg, profiles)
+    blocked = expected_blocked_orders(orders, last_click, profiles, set(rings), leaked)
     ds.truth = {
         "seed": cfg.seed,
         "start_ms": cfg.start_ms,
@@ -500,23 +610,403 @@ def generate(cfg: SimConfig) -> Dataset:
             for t in ("views", "clicks", "orders", "refunds", "codes", "creators")
         },
         "malformed": len(malformed),
-        "credits": expected_credits(
-            [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")], codes
-        ),
+        "credits": expected_credits(touch_events, codes, excluded=set(excluded), block_below_ms=fcfg.block_below_ms),
         "rings": sorted(rings),
-        "last_click": expected_last_click(
-            [m.event for m in valid if m.event is not None and m.topic in ("views", "clicks", "orders")],
-            [t for t in (m.topic for m in valid)],
-            {c: r for c, r in codes.items()},
-        ),
+        "last_click": last_click,
+        "excluded_clicks": excluded,
+        "blocked_orders": blocked,
+        "leaking_buckets": leaking,
+        "inject": list(inject),
+        "incidents": incidents,
     }
     ds.truth["chain_parents"], ds.truth["chains"] = expected_chains(
-        [m.event for m in valid if m.event is not None and m.topic == "orders"],
-        ds.truth["last_click"],
-        set(rings),
+        orders,
+        last_click,
+        {o for o, rule in blocked.items() if rule in ("self_referral", "referral_ring")},
         {c["creator_id"]: c["chain_class"] for c in creators},
     )
     return ds
+
+
+# -- fraud injection ------------------------------------------------------------------
+@dataclass
+class _Env:
+    """What the injectors need from ``generate``: its id counter, event builders and output."""
+
+    cfg: SimConfig
+    fcfg: FraudConfig
+    rng: random.Random
+    start_ms: int
+    end_ms: int
+    creators: list[dict[str, Any]]
+    codes: dict[str, dict[str, Any]]
+    events: list[tuple[str, dict[str, Any]]]  # the honest events, in time order
+    emit: Callable[[str, str, dict[str, Any]], None]
+    next_id: Callable[[str], str]
+    order_event: Callable[..., dict[str, Any]]
+    click_event: Callable[..., dict[str, Any]]
+    injected: set[str]
+    incidents: list[dict[str, Any]]
+    used: Counter[str] = field(default_factory=Counter)  # incidents per creator
+    credited: Counter[str] = field(default_factory=Counter)  # injected orders credited to a creator
+    refund_targets: set[str] = field(default_factory=set)
+    honest: dict[str, list[int]] | None = None
+
+    @property
+    def span(self) -> int:
+        return self.end_ms - self.start_ms
+
+    def between(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, max(lo, hi))
+
+    def clamp(self, ts: int) -> int:
+        return max(self.start_ms, min(ts, self.end_ms - 1))
+
+    def pick(self, pool: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A creator from ``pool`` (default: all), one picked least often so far."""
+        pool = pool or self.creators
+        fewest = min(self.used[c["creator_id"]] for c in pool)
+        creator = self.rng.choice([c for c in pool if self.used[c["creator_id"]] == fewest])
+        self.used[creator["creator_id"]] += 1
+        return creator
+
+    def add(self, topic: str, key: str, event: dict[str, Any]) -> str:
+        self.injected.add(event["event_id"])
+        self.emit(topic, key, event)
+        return str(event["order_id"] if topic == "orders" else event["event_id"])
+
+    def order(self, visitor: str, ts: int, code: str | None = None) -> dict[str, Any]:
+        return self.order_event(visitor, ts, code, self.rng)
+
+    def click(self, visitor: str, ts: int, creator: dict[str, Any], ip_hash: str = "", user_agent: str = "") -> str:
+        ev = self.click_event(visitor, max(self.start_ms, ts), creator["slug"], creator, ip_hash, user_agent)
+        return self.add("clicks", visitor, ev)
+
+    def refund(self, order: dict[str, Any], ts: int) -> str:
+        ev = {
+            "event_id": self.next_id("r"),
+            "ts": ts,
+            "order_id": order["order_id"],
+            "amount_minor": order["amount_minor"],
+            "reason": "not as described",
+        }
+        return self.add("refunds", order["order_id"], ev)
+
+    def incident(self, rule: str, subject: str, creator: dict[str, Any], code: str, ids: list[str]) -> None:
+        self.incidents.append(
+            {"rule": rule, "subject": subject, "referrer_id": creator["creator_id"], "code": code, "events": ids}
+        )
+
+    def honest_orders(self) -> dict[str, list[int]]:
+        """Order times per creator of the honest orders credited to it (last click)."""
+        if self.honest is None:
+            touches = [ev for topic, ev in self.events if topic in ("views", "clicks", "orders")]
+            won = expected_last_click(touches, [], self.codes)
+            self.honest = {c["creator_id"]: [] for c in self.creators}
+            for topic, ev in self.events:
+                credit = won.get(ev["order_id"]) if topic == "orders" else None
+                if credit and credit["referrer_id"] in self.honest:
+                    self.honest[credit["referrer_id"]].append(ev["ts"])
+        return self.honest
+
+
+def _inject_self_referral(env: _Env, n: int) -> None:
+    """The creator buys with its own code, email and card."""
+    del n
+    creator = env.pick()
+    ids = []
+    for k in range(3):
+        visitor = env.next_id("vis")
+        ts = env.start_ms + int(env.span * (k + env.rng.uniform(0.1, 0.9)) / 3)
+        order = env.order(visitor, ts, creator["code"])
+        order["email_hash"] = creator["email_hash"]
+        order["payment_hash"] = creator["payment_hash"]
+        ids.append(env.add("orders", visitor, order))
+        env.credited[creator["creator_id"]] += 1
+    env.incident("self_referral", creator["creator_id"], creator, creator["code"], ids)
+
+
+def _inject_click_injection(env: _Env, n: int) -> None:
+    """A click of the creator's link fired just before orders that would be organic."""
+    del n
+    creator = env.pick()
+    ids = []
+    for k in range(8):
+        gap = env.rng.randint(1_000, 4_000) if k < 6 else env.rng.randint(10_000, 25_000)
+        ts = env.between(env.start_ms + MINUTE_MS, env.end_ms - 1)
+        visitor = env.next_id("vis")
+        ids.append(env.click(visitor, ts - gap, creator))
+        ids.append(env.add("orders", visitor, env.order(visitor, ts)))
+        env.credited[creator["creator_id"]] += gap >= env.fcfg.block_below_ms
+    env.incident("click_injection", creator["creator_id"], creator, creator["slug"], ids)
+
+
+def _inject_click_flood(env: _Env, n: int) -> None:
+    """40 clicks from one IP within 50 s; three of the 'visitors' order days later."""
+    creator = env.pick()
+    ip = h(env.cfg.prefix, "flood-ip", n)
+    t0 = env.between(env.start_ms, env.end_ms - 3 * DAY_MS - MINUTE_MS)
+    times = sorted(t0 + env.rng.randint(0, 50_000) for _ in range(40))
+    buyers = set(env.rng.sample(range(40), 3))
+    ids = []
+    for k, ts in enumerate(times):
+        visitor = env.next_id("vis")
+        ids.append(env.click(visitor, ts, creator, ip, env.rng.choice(BROWSER_AGENTS)))
+        if k in buyers:
+            order_ts = env.clamp(ts + env.rng.randint(DAY_MS, 3 * DAY_MS))
+            ids.append(env.add("orders", visitor, env.order(visitor, order_ts)))
+    env.incident("click_flood", f"{ip}|{creator['creator_id']}", creator, creator["slug"], ids)
+
+
+def _inject_bot(env: _Env, n: int) -> None:
+    """15 crawler clicks over the run; two of the crawled 'visitors' order a day later."""
+    del n
+    creator = env.pick()
+    times = [env.start_ms + int(env.span * (k + env.rng.random()) / 15) for k in range(15)]
+    late = [k for k, ts in enumerate(times) if ts + DAY_MS + 2 * HOUR_MS < env.end_ms]
+    buyers = set(env.rng.sample(late, min(2, len(late))))
+    ids = []
+    for k, ts in enumerate(times):
+        visitor = env.next_id("vis")
+        ids.append(env.click(visitor, ts, creator, user_agent=env.rng.choice(BOT_AGENTS)))
+        if k in buyers:
+            order_ts = ts + DAY_MS + env.rng.randint(0, 2 * HOUR_MS)
+            ids.append(env.add("orders", visitor, env.order(visitor, order_ts)))
+    env.incident("bot_click", creator["creator_id"], creator, creator["slug"], ids)
+
+
+def _inject_leakage(env: _Env, n: int) -> None:
+    """40–60 redemptions of one code in one 6-hour bucket, no click or view, many from coupon sites."""
+    del n
+    count = env.rng.randint(40, 60)
+    # the creator's audience cannot explain that many: the rule fires whatever the code's history
+    small = [c for c in env.creators if c["followers"] * env.fcfg.leak_per_follower < count]
+    creator = env.pick(small)
+    window = env.fcfg.leak_window_ms
+    first = -(-(env.start_ms + env.span // 2) // window)
+    last = env.end_ms // window - 1
+    bucket = env.rng.randint(first, last) if last >= first else (env.end_ms - 1) // window
+    spread = min(4 * HOUR_MS, window)
+    base = bucket * window + env.between(0, window - spread)
+    domains = sorted(env.fcfg.coupon_domains)
+    coupon = set(env.rng.sample(range(count), round(0.6 * count))) if domains else set()
+    ids = []
+    for k in range(count):
+        visitor = env.next_id("vis")
+        ts = max(bucket * window, env.clamp(base + env.rng.randint(0, spread - 1)))
+        order = env.order(visitor, ts, creator["code"])
+        if k in coupon:
+            order["referrer_domain"] = env.rng.choice(domains)
+        ids.append(env.add("orders", visitor, order))
+    env.credited[creator["creator_id"]] += count
+    env.incident("code_leakage", creator["code"].lower(), creator, creator["code"], ids)
+
+
+def _inject_refund_abuse(env: _Env, n: int) -> None:
+    """Orders through the link of a small creator, most refunded within days."""
+    del n
+    honest = env.honest_orders()
+
+    def orders_of(c: dict[str, Any]) -> int:
+        return len(honest[c["creator_id"]]) + env.credited[c["creator_id"]]
+
+    ranked = sorted(env.creators, key=lambda c: (env.used[c["creator_id"]], orders_of(c), c["creator_id"]))
+    creator = env.pick(ranked[:3])
+    env.refund_targets.add(creator["creator_id"])
+    have = orders_of(creator)
+    count = max(10, env.fcfg.refund_min_orders)
+    while 5 * ((3 * count + 3) // 4) < 3 * (have + count):  # ≥ 60 % of all its orders refunded
+        count += 1
+    refunded = set(env.rng.sample(range(count), (3 * count + 3) // 4))
+    t0 = env.between(env.start_ms + 3 * HOUR_MS, env.end_ms - 8 * DAY_MS)
+    ids = []
+    for k in range(count):
+        visitor = env.next_id("vis")
+        ts = min(t0 + env.rng.randint(0, 5 * DAY_MS), env.end_ms - 2 * MINUTE_MS)
+        ids.append(env.click(visitor, ts - env.rng.randint(5 * MINUTE_MS, 2 * HOUR_MS), creator))
+        order = env.order(visitor, ts)
+        ids.append(env.add("orders", visitor, order))
+        if k in refunded:
+            ids.append(env.refund(order, min(ts + env.rng.randint(DAY_MS, 3 * DAY_MS), env.end_ms - 1)))
+    env.incident("refund_rate", creator["creator_id"], creator, creator["slug"], ids)
+
+
+def _inject_spike(env: _Env, n: int) -> None:
+    """30 orders through the creator's link within one hour, against its earlier orders."""
+    del n
+    hour = (env.start_ms + int(env.span * env.rng.uniform(0.5, 0.85))) // HOUR_MS * HOUR_MS
+    hour = max(env.start_ms + 4 * HOUR_MS, min(hour, env.end_ms - HOUR_MS))
+    honest = env.honest_orders()
+    earlier = [c for c in env.creators if any(ts <= hour - 3 * HOUR_MS for ts in honest[c["creator_id"]])]
+    # not a refund-abuse target: thirty more orders would dilute its refund rate
+    creator = env.pick([c for c in earlier if c["creator_id"] not in env.refund_targets] or earlier)
+    if not any(ts <= hour - 3 * HOUR_MS for ts in honest[creator["creator_id"]]):
+        for k in range(3):  # a few ordinary orders days before, so there is a baseline
+            visitor = env.next_id("vis")
+            ts = max(env.start_ms + 3 * HOUR_MS, hour - (k + 1) * DAY_MS - env.rng.randint(0, 6 * HOUR_MS))
+            env.click(visitor, ts - env.rng.randint(5 * MINUTE_MS, 2 * HOUR_MS), creator)
+            env.add("orders", visitor, env.order(visitor, ts))
+    ids = []
+    for _ in range(30):
+        visitor = env.next_id("vis")
+        ts = env.clamp(hour + env.rng.randint(0, HOUR_MS - 1))
+        ids.append(env.click(visitor, ts - env.rng.randint(2 * MINUTE_MS, 10 * MINUTE_MS), creator))
+        ids.append(env.add("orders", visitor, env.order(visitor, ts)))
+    env.incident("conversion_spike", creator["creator_id"], creator, creator["slug"], ids)
+
+
+_INJECTORS: dict[str, Callable[[_Env, int], None]] = {
+    "self_referral": _inject_self_referral,
+    "click_injection": _inject_click_injection,
+    "click_flood": _inject_click_flood,
+    "bot": _inject_bot,
+    "leakage": _inject_leakage,
+    "refund_abuse": _inject_refund_abuse,
+    "spike": _inject_spike,
+}
+
+
+# -- fraud truth (SPEC §5), plainly over all events ---------------------------------------
+def _resolve(codes: dict[str, dict[str, Any]], ref: str | None, at: int) -> dict[str, Any] | None:
+    """The code record ``ref`` names when it is active and not expired at ``at``."""
+    rec = codes.get((ref or "").lower())
+    if not rec or rec.get("active") is False:
+        return None
+    if rec.get("expires_ts") is not None and at >= rec["expires_ts"]:
+        return None
+    return rec
+
+
+def expected_excluded_clicks(
+    events: list[dict[str, Any]], codes: dict[str, dict[str, Any]], fcfg: FraudConfig
+) -> dict[str, str]:
+    """Clicks that are no touch at all: ``bot_click`` (user agent) or ``click_flood``.
+
+    Flood: the non-bot clicks with an ip_hash and a valid ref, grouped by (ip_hash,
+    referrer); for each click d, the clicks of its group in (d.ts - window, d.ts] are all
+    flooded when there are more than ``flood_max_clicks`` of them.
+    """
+    out: dict[str, str] = {}
+    groups: dict[tuple[str, str], dict[str, int]] = {}
+    for ev in events:
+        if "ref" not in ev:
+            continue
+        if fraud.is_bot(ev.get("user_agent"), fcfg):
+            out[ev["event_id"]] = "bot_click"
+            continue
+        rec = _resolve(codes, ev["ref"], ev["ts"])
+        if rec is not None and ev.get("ip_hash"):
+            groups.setdefault((ev["ip_hash"], rec["referrer_id"]), {})[ev["event_id"]] = ev["ts"]
+    for group in groups.values():
+        clicks = sorted((ts, event_id) for event_id, ts in group.items())
+        for ts, _ in clicks:
+            window = [e for t, e in clicks if ts - fcfg.flood_window_ms < t <= ts]
+            if len(window) > fcfg.flood_max_clicks:
+                for event_id in window:
+                    out[event_id] = "click_flood"
+    return out
+
+
+def expected_leakage(
+    events: list[dict[str, Any]],
+    codes: dict[str, dict[str, Any]],
+    excluded: set[str],
+    fcfg: FraudConfig,
+    creators: dict[str, dict[str, Any]],
+    click_window_ms: int = 30 * DAY_MS,
+    view_window_ms: int = DAY_MS,
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Untouched redemptions that code leakage blocks (order -> code referrer), and the leaking buckets.
+
+    A redemption is an order with a valid code; it is touched when its visitor clicked a
+    link of the code's referrer (an eligible click) or viewed that creator within the
+    windows. Per code and ``leak_window_ms`` bucket (aligned to the epoch), a bucket leaks
+    with at least ``leak_min_redemptions`` redemptions and an untouched share above
+    max(min_share, median + k·MAD of the code's earlier buckets) or more redemptions than
+    ``leak_per_follower`` × the creator's followers. Blocked: the untouched redemptions
+    of leaking buckets and every untouched redemption from a coupon site.
+    """
+    by_visitor: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        if "visitor_id" in ev:
+            by_visitor.setdefault(ev["visitor_id"], []).append(ev)
+    orders = {ev["order_id"]: ev for ev in events if "order_id" in ev}
+    # code -> bucket -> [(order_id, touched, coupon site)]
+    buckets: dict[str, dict[int, list[tuple[str, bool, bool]]]] = {}
+    referrer_of: dict[str, str] = {}
+    for order in sorted(orders.values(), key=lambda o: (o["ts"], o["order_id"])):
+        ots = order["ts"]
+        rec = _resolve(codes, order.get("discount_code"), ots)
+        if rec is None:
+            continue
+        referrer = str(rec["referrer_id"])
+        touched = False
+        for e in by_visitor.get(order["visitor_id"], []):
+            if e["ts"] > ots:
+                continue
+            if "ref" in e and e["event_id"] not in excluded:
+                if fcfg.block_below_ms <= ots - e["ts"] <= click_window_ms:
+                    won = _resolve(codes, e["ref"], e["ts"])
+                    touched = touched or (won is not None and won["referrer_id"] == referrer)
+            elif "content_id" in e and e.get("creator_id") == referrer and ots - e["ts"] <= view_window_ms:
+                touched = True
+        code = str(rec["code"]).lower()
+        referrer_of[code] = referrer
+        coupon = fraud.coupon_site(order.get("referrer_domain"), fcfg)
+        buckets.setdefault(code, {}).setdefault(ots // fcfg.leak_window_ms, []).append(
+            (order["order_id"], touched, coupon)
+        )
+    blocked: dict[str, str] = {}
+    leaking: list[dict[str, Any]] = []
+    for code, per_bucket in sorted(buckets.items()):
+        referrer = referrer_of[code]
+        followers = creators.get(referrer, {}).get("followers")
+        history: list[float] = []
+        for bucket, reds in sorted(per_bucket.items()):
+            n = len(reds)
+            untouched = sum(1 for _, t, _ in reds if not t)
+            share = untouched / n
+            recent = history[-28:]
+            baseline = 0.0
+            if len(recent) >= 3:
+                mid = median(recent)
+                baseline = mid + fcfg.leak_mad_factor * median(abs(x - mid) for x in recent)
+            too_many = followers is not None and n > fcfg.leak_per_follower * followers
+            leaks = n >= fcfg.leak_min_redemptions and (share > max(fcfg.leak_min_share, baseline) or too_many)
+            if leaks:
+                leaking.append({"code": code, "bucket": bucket, "redemptions": n, "untouched": untouched})
+            for order_id, touched, coupon in reds:
+                if not touched and (leaks or coupon):
+                    blocked[order_id] = referrer
+            history.append(share)
+    return blocked, leaking
+
+
+def expected_blocked_orders(
+    orders: list[dict[str, Any]],
+    last_click: dict[str, dict[str, Any] | None],
+    creators: dict[str, dict[str, Any]],
+    rings: set[str],
+    leaked: dict[str, str],
+) -> dict[str, str]:
+    """Orders whose commission is blocked, with the rule: self_referral, referral_ring, code_leakage."""
+    out: dict[str, str] = {}
+    for order in orders:
+        order_id = order["order_id"]
+        won = last_click.get(order_id)
+        referrer = won["referrer_id"] if won else None
+        creator = creators.get(referrer or "")
+        if creator and (
+            (order.get("email_hash") and order.get("email_hash") == creator.get("email_hash"))
+            or (order.get("payment_hash") and order.get("payment_hash") == creator.get("payment_hash"))
+            or (order.get("device_id") and order.get("device_id") in creator.get("device_ids", []))
+        ):
+            out[order_id] = "self_referral"
+        elif order_id in rings:
+            out[order_id] = "referral_ring"
+        elif order_id in leaked and referrer == leaked[order_id]:
+            out[order_id] = "code_leakage"
+    return out
 
 
 def expected_chains(
@@ -633,13 +1123,17 @@ def expected_last_click(
     codes: dict[str, dict[str, Any]],
     click_window_ms: int = 30 * DAY_MS,
     view_window_ms: int = DAY_MS,
+    excluded: set[str] | frozenset[str] = frozenset(),
+    block_below_ms: int = 0,
 ) -> dict[str, dict[str, Any] | None]:
     """SPEC §3 last-click with the code-wins policy, written plainly over all events.
 
     An order goes to the owner of its discount code when the code is active and not
     expired at order time; otherwise to the owner of the last click (ref active at click
     time) within the click window; otherwise to the creator of the last view with the
-    visitor's id within the view window; otherwise to nobody.
+    visitor's id within the view window; otherwise to nobody. Clicks in ``excluded`` (bots,
+    floods) are no touch at all, and a click less than ``block_below_ms`` before an order is
+    no touch for that order (click injection, SPEC §5).
     """
     del topics
 
@@ -669,7 +1163,12 @@ def expected_last_click(
                 continue
             best: tuple[int, str, dict[str, Any]] | None = None
             for e in evs:
-                if "ref" in e and e["ts"] <= ots and ots - e["ts"] <= click_window_ms:
+                if (
+                    "ref" in e
+                    and e["ts"] <= ots
+                    and block_below_ms <= ots - e["ts"] <= click_window_ms
+                    and e["event_id"] not in excluded
+                ):
                     r = owner(e["ref"], e["ts"])
                     if r and (best is None or (e["ts"], e["event_id"]) > (best[0], best[1])):
                         best = (e["ts"], e["event_id"], r)
@@ -693,13 +1192,16 @@ def expected_credits(
     click_window_ms: int = 30 * DAY_MS,
     view_window_ms: int = DAY_MS,
     half_life_ms: int = 7 * DAY_MS,
+    excluded: set[str] | frozenset[str] = frozenset(),
+    block_below_ms: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Credits per order, model and referrer under the code-wins policy (SPEC §3.3).
 
     A valid code takes everything; otherwise the clicks in the window share the order,
     otherwise the views: last click 1 on the newest, first click 1 on the oldest, linear
     1/n each, time decay 2^(-age / 7 days) normalised, position based 40 % to each end and
-    20 % over the middle (50/50 for two). Credits of one referrer add up.
+    20 % over the middle (50/50 for two). Credits of one referrer add up. Clicks in
+    ``excluded`` and clicks less than ``block_below_ms`` before the order are no touch.
     """
 
     def owner(ref: str | None, at: int) -> str | None:
@@ -750,7 +1252,8 @@ def expected_credits(
                 for e in evs
                 if "ref" in e
                 and e["ts"] <= ots
-                and ots - e["ts"] <= click_window_ms
+                and block_below_ms <= ots - e["ts"] <= click_window_ms
+                and e["event_id"] not in excluded
                 and (r := owner(e["ref"], e["ts"])) is not None
             ]
             views = [
