@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -50,6 +51,25 @@ def _positive(kind: type) -> Any:
         return v
 
     return parse
+
+
+def _inject(value: str) -> tuple[str, ...]:
+    from ripple.simulate import parse_inject
+
+    try:
+        return parse_inject(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a comma list of integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{value!r}: seeds must differ")
+    return seeds
 
 
 def _chain_k(value: str) -> dict[str, float]:
@@ -112,6 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=_chain_k,
         help="mean friends referred per customer, by creator class: sub=0.15,near=0.6,super=2.2",
     )
+
+    sim.add_argument(
+        "--inject",
+        type=_inject,
+        default=(),
+        help="add labelled fraud: all, or a comma list of self_referral,click_injection,click_flood,bot,"
+        "leakage,ring,refund_abuse,spike",
+    )
+    sim.add_argument("--inject-count", type=_positive(int), default=3, help="incidents per injected fraud type")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="precision and recall of the fraud rules: simulated programs through a fresh embedded stack",
+    )
+    ev.add_argument("--seeds", type=_seeds, default=(1, 2), help="programs with fraud injected (default 1,2)")
+    ev.add_argument(
+        "--honest-seeds", type=_seeds, default=(11, 12, 13), help="programs without fraud (default 11,12,13)"
+    )
+    ev.add_argument("--inject", type=_inject, default=("all",), help="fraud types to inject (default all)")
+    ev.add_argument("--inject-count", type=_positive(int), default=10, help="incidents per type and program")
+    ev.add_argument("--creators", type=_positive(int), default=40)
+    ev.add_argument("--views", type=_positive(int), default=4000, help="content views per program")
+    ev.add_argument("--rate", type=_positive(float), default=3000.0, help="messages per second sent (0: at once)")
+    ev.add_argument("--json", type=Path, help="also write the report as JSON here")
+    ev.add_argument("--data-dir", type=Path, help="keep the stack's data here (default: a temporary folder)")
 
     mig = sub.add_parser("migrate", help="apply deploy/clickhouse DDL")
     mig.add_argument("--clickhouse", help="ClickHouse DSN (env RIPPLE_CLICKHOUSE)")
@@ -235,6 +280,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         creators=max(1, args.creators),
         views=args.views,
         malformed_share=args.malformed,
+        inject=args.inject,
+        inject_count=args.inject_count,
     )
     if args.chain_k:
         cfg.chain_k = {**cfg.chain_k, **args.chain_k}
@@ -242,7 +289,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     total = len(ds.reference) + len(ds.events)
     print(
         f"simulated {total} messages: {len(ds.reference)} reference, {len(ds.events)} events "
-        f"({ds.truth['malformed']} malformed), {len(ds.truth['last_click'])} orders",
+        f"({ds.truth['malformed']} malformed), {len(ds.truth['last_click'])} orders"
+        + (f", {len(ds.truth['incidents'])} fraud incidents" if args.inject else ""),
         file=sys.stderr,
     )
     if args.out:
@@ -262,6 +310,33 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from ripple import evaluate
+
+    if set(args.seeds) & set(args.honest_seeds):
+        raise ConfigError("--seeds and --honest-seeds must differ")
+    scenario = evaluate.Scenario(
+        seeds=args.seeds,
+        honest_seeds=args.honest_seeds,
+        inject=args.inject,
+        inject_count=args.inject_count,
+        creators=args.creators,
+        views=args.views,
+        rate=args.rate,
+    )
+    report = evaluate.run(scenario, args.data_dir, lambda line: print(line, file=sys.stderr), settings.fraud_rules)
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if not report.passed:
+        print(
+            "below target: precision >= 0.90 and recall >= 0.95 per rule, nothing above info on honest traffic,"
+            " money equal to the truth",
+            file=sys.stderr,
+        )
+    return 0 if report.passed else 1
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.clickhouse import ClickHouse
 
@@ -279,5 +354,6 @@ COMMANDS = {
     "worker": cmd_worker,
     "sink": cmd_sink,
     "simulate": cmd_simulate,
+    "evaluate": cmd_evaluate,
     "migrate": cmd_migrate,
 }

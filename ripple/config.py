@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.fraud import FraudConfigError, load_config
 from streams.models import MODELS, POLICIES
 
 INPUT_TOPICS = ("views", "clicks", "orders", "refunds", "codes", "creators")
@@ -31,7 +32,15 @@ OUTPUT_TOPICS = (
 )
 #: Worker-to-worker topics: credits and lineage claims keyed by referrer, commission terms
 #: keyed by order id, chain updates keyed by root.
-INTERNAL_TOPICS = ("ripple-credits", "ripple-lineage", "ripple-commissions", "ripple-chains")
+INTERNAL_TOPICS = (
+    "ripple-credits",
+    "ripple-lineage",
+    "ripple-commissions",
+    "ripple-chains",
+    "ripple-clicks",  # clicks keyed by ip and referrer, for the click-flood rule
+    "ripple-blocks",  # fraud verdicts on clicks, back to the visitor's key
+    "ripple-alerts",  # alert candidates keyed by rule and subject
+)
 
 
 DAY_MS = 86_400_000
@@ -60,6 +69,7 @@ class Settings:
     half_life_ms: int = 7 * DAY_MS
     policy: str = "code_wins"
     commission_model: str = "last_click"
+    fraud_rules: Path | None = None  # None: deploy/fraud/rules.json
     # worker batching
     worker_batch: int = 500
     worker_batch_ms: int = 50
@@ -109,11 +119,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raw = env.get(f"RIPPLE_{name.upper()}")
         if raw:
             values[name] = raw
-    if env.get("RIPPLE_DATA_DIR"):
-        values["data_dir"] = Path(env["RIPPLE_DATA_DIR"])
+    for name in ("data_dir", "fraud_rules"):
+        if env.get(f"RIPPLE_{name.upper()}"):
+            values[name] = Path(env[f"RIPPLE_{name.upper()}"])
     for key, value in overrides.items():
         if value is not None:
-            values[key] = Path(value) if key == "data_dir" else value
+            values[key] = Path(value) if key in ("data_dir", "fraud_rules") else value
     settings = Settings(**values)
     validate(settings)
     return settings
@@ -150,6 +161,10 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"commission model must be one of {', '.join(MODELS)}, got {s.commission_model!r}")
     if s.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    try:
+        load_config(s.fraud_rules) if s.fraud_rules else load_config()
+    except FraudConfigError as exc:
+        raise ConfigError(f"fraud rules: {exc}") from None
 
 
 def check_hostport(value: str, what: str) -> None:

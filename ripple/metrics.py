@@ -33,6 +33,9 @@ class WorkerMetrics(_Metrics):
         self.alerts = Counter(
             "ripple_alerts_total", "Alerts raised, by rule and severity", ["rule", "severity"], registry=r
         )
+        self.blocked_touches = Counter(
+            "ripple_blocked_touches_total", "Clicks denied credit by a fraud rule", ["rule"], registry=r
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

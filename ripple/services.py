@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.config import Settings
+from ripple.config import INTERNAL_TOPICS, Settings
 from ripple.metrics import SinkMetrics
 from ripple.web import OffsetMonitor, build_app, serve
 from sinks.clickhouse import ClickHouse
-from sinks.runner import Sink
+from sinks.runner import SINK_GROUP, SINK_TOPICS, Sink
 
 log = logging.getLogger("ripple")
 
@@ -73,6 +73,14 @@ class SinkService:
         self.ch.migrate()
         self.sink = Sink(settings, self.ch, self.metrics)
         self.monitor = OffsetMonitor(settings.bootstrap) if settings.bootstrap else None
+        self.pipeline = (
+            [
+                OffsetMonitor(settings.bootstrap, topics=INTERNAL_TOPICS),
+                OffsetMonitor(settings.bootstrap, SINK_GROUP, SINK_TOPICS),
+            ]
+            if settings.bootstrap
+            else []
+        )
         self.web_port = web_port
         self.thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self.error: BaseException | None = None
@@ -88,7 +96,7 @@ class SinkService:
     async def start(self) -> None:
         self.thread.start()
         if self.web_port is not None:
-            app = build_app(self.ch, self.metrics, self.sink.status, self.monitor)
+            app = build_app(self.ch, self.metrics, self.sink.status, self.monitor, self.pipeline)
             self.runner = await serve(app, self.settings.web_host, self.web_port)
 
     async def stop(self) -> None:
@@ -96,8 +104,9 @@ class SinkService:
         await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 10.0)
         if self.runner is not None:
             await self.runner.cleanup()
-        if self.monitor is not None:
-            self.monitor.close()
+        for monitor in [self.monitor, *self.pipeline]:
+            if monitor is not None:
+                monitor.close()
         self.ch.close()
 
 

@@ -65,18 +65,19 @@ SELECT
     (SELECT count() FROM ripple.orders FINAL) AS orders,
     (SELECT uniqExact(order_id) FROM ripple.attributions FINAL WHERE credit > 0) AS attributed,
     (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters,
-    (SELECT count() FROM ripple.chain_nodes FINAL WHERE parent_id != '') AS chain_nodes
+    (SELECT count() FROM ripple.chain_nodes FINAL WHERE parent_id != '' AND active = 1) AS chain_nodes
 """
 
 
 class OffsetMonitor:
-    """Committed offsets and lag of the worker group, per input topic."""
+    """Committed offsets and lag of a consumer group, per topic (the worker group by default)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, group: str = WORKER_GROUP, topics: tuple[str, ...] = INPUT_TOPICS) -> None:
+        self.topics = topics
         self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": WORKER_GROUP,
+                "group.id": group,
                 "enable.auto.commit": False,
                 "logger": logging.getLogger("ripple.kafka"),
             }
@@ -85,7 +86,7 @@ class OffsetMonitor:
     def lag(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         meta = self.consumer.list_topics(timeout=5)
-        for topic in INPUT_TOPICS:
+        for topic in self.topics:
             if topic not in meta.topics:
                 continue
             tps = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
@@ -109,6 +110,7 @@ def build_app(
     metrics: SinkMetrics,
     sink_status: Callable[[], dict[str, Any]],
     monitor: OffsetMonitor | None,
+    pipeline: list[OffsetMonitor] | None = None,
 ) -> web.Application:
     app = web.Application()
     loop_run = asyncio.get_running_loop
@@ -124,6 +126,11 @@ def build_app(
         if monitor is not None:
             try:
                 body["topics"] = await blocking(monitor.lag)
+                # worker-to-worker topics and the sink's own reading: zero lag everywhere
+                # means everything sent so far is in ClickHouse
+                body["pipeline"] = {}
+                for extra in pipeline or ():
+                    body["pipeline"].update(await blocking(extra.lag))
             except Exception as exc:  # the broker may be gone while stopping
                 body["status"] = "degraded"
                 body["error"] = str(exc)

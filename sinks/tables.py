@@ -208,6 +208,8 @@ ATTRIBUTION_COLUMNS = (
     "ts",
 )
 DEAD_LETTER_COLUMNS = ("topic", "partition", "offset", "idx", "error", "raw", "ts")
+#: values of columns added later, for records written before them
+COLUMN_DEFAULTS: dict[str, Any] = {"active": 1}
 #: output topics whose JSON records map one to one onto a table's columns
 JSON_TABLES: dict[str, tuple[str, ...]] = {
     "attributions": ATTRIBUTION_COLUMNS,
@@ -233,7 +235,7 @@ JSON_TABLES: dict[str, tuple[str, ...]] = {
         "version",
     ),
     "late_events": ("topic", "event_id", "ts", "stream_time", "lateness_ms", "partition"),
-    "chain_nodes": ("node_id", "parent_id", "root_id", "generation", "ts", "version"),
+    "chain_nodes": ("node_id", "parent_id", "root_id", "generation", "ts", "active", "version"),
     "chains": (
         "root_id",
         "nodes",
@@ -266,7 +268,7 @@ def rows_for_message(
         columns = JSON_TABLES[topic]
         loaded = orjson.loads(value or b"{}")
         records = loaded if isinstance(loaded, list) else [loaded]  # one record or several of a key
-        return topic, columns, [tuple(r[c] for c in columns) for r in records]
+        return topic, columns, [tuple(r[c] if c in r else COLUMN_DEFAULTS[c] for c in columns) for r in records]
     if topic == "deadletter":
         h = {k: v for k, v in headers or []}
         return (

@@ -27,7 +27,7 @@ from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_for
 from streams import attribution as attr
-from streams import chains, faust_fixes, lineage
+from streams import chains, faust_fixes, fraud, lineage
 from streams import commission as comm
 from streams import referrer as referrer_logic
 from streams.events import Rejected, decode
@@ -136,6 +136,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
     )
     metrics = WorkerMetrics()
+    rules = fraud.load_config(settings.fraud_rules) if settings.fraud_rules else fraud.load_config()
     reference = ReferenceData()
     reader = ReferenceReader(settings.bootstrap, reference)
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted at run time
@@ -145,6 +146,9 @@ def create_app(settings: Settings) -> faust.App:
         max_lateness_ms=settings.max_lateness_ms,
         max_touches=settings.max_touches_per_visitor,
         half_life_ms=settings.half_life_ms,
+        block_below_ms=rules.block_below_ms,
+        flag_below_ms=rules.flag_below_ms,
+        hold_ms=rules.block_hold_ms,
     )
     batch, within = settings.worker_batch, settings.worker_batch_ms / 1000
 
@@ -168,11 +172,16 @@ def create_app(settings: Settings) -> faust.App:
     commissions_topic = raw_topic("ripple-commissions")
     lineage_topic = raw_topic("ripple-lineage")
     chains_topic = raw_topic("ripple-chains")
+    clicks_by_ip_topic = raw_topic("ripple-clicks")
+    blocks_topic = raw_topic("ripple-blocks")
+    alert_candidates_topic = raw_topic("ripple-alerts")
     deadletter_topic = raw_topic("deadletter")
     visitor_state = state_table("visitor_state")
     referrer_state = state_table("referrer_state")
     order_state = state_table("order_state")
     chain_state = state_table("chain_state")
+    flood_state = state_table("flood_state")
+    alert_state = state_table("alert_state")
 
     async def send_many(topic: faust.TopicT, key: str, values: list[dict[str, Any]], name: str) -> None:
         """One message for several records of the same key: Faust's cost is per message."""
@@ -269,15 +278,56 @@ def create_app(settings: Settings) -> faust.App:
     visitor_clock = StreamClock(visitor_state, "visitors")
     order_clock = StreamClock(order_state, "orders")
 
-    # -- visitors: views, clicks, orders -> credits ------------------------------------
-    @app.agent(raw_topic(*COPARTITIONED_TOPICS), name="visitors")
+    # -- visitors: views, clicks, orders (+ fraud verdicts on clicks) -> credits ---------
+    @app.agent(raw_topic(*COPARTITIONED_TOPICS, "ripple-blocks"), name="visitors")
     async def visitor_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_visitor_batch, events)
 
+    class VisitorOutputs:
+        """What one batch of the visitor agent sends: one message per key and topic."""
+
+        def __init__(self) -> None:
+            self.credits: dict[str, list[dict[str, Any]]] = {}  # referrer -> rows and notes
+            self.by_ip: dict[str, list[dict[str, Any]]] = {}  # ip|referrer -> clicks
+            self.alerts: list[referrer_logic.Output] = []
+
+        def credited(self, order: list[Any], result: attr.Result) -> list[dict[str, Any]]:
+            code_owner = reference.resolve(order[attr.O_CODE], order[attr.O_TS]) if order[attr.O_CODE] else None
+            if code_owner is not None:
+                domain = order[attr.O_DOMAIN] if len(order) > attr.O_DOMAIN else ""
+                self.credits.setdefault(code_owner.referrer_id, []).append(
+                    {
+                        "type": "redemption",
+                        "referrer_id": code_owner.referrer_id,
+                        "code": order[attr.O_CODE],
+                        "order_id": order[attr.O_ID],
+                        "ts": order[attr.O_TS],
+                        "touched": result.code_touched,
+                        "coupon": fraud.coupon_site(domain, rules),
+                        "domain": domain,
+                    }
+                )
+            rows = attr.rows_for(order, result, reference, windows)
+            for row in rows:
+                self.credits.setdefault(row["referrer_id"], []).append(row)
+                if row["model"] == settings.commission_model and "click_injection" in row["reasons"]:
+                    self.alerts.append(injection_alert(order, row["referrer_id"], row["touch_event_id"], "warning"))
+            for referrer_id, click_id, _ in result.injected:
+                self.alerts.append(injection_alert(order, referrer_id, click_id, "high"))
+            return rows
+
+    def injection_alert(order: list[Any], referrer_id: str, click_id: str, severity: str) -> referrer_logic.Output:
+        evidence = {"order_id": order[attr.O_ID], "click_event_id": click_id}
+        return referrer_logic.alert("click_injection", severity, referrer_id, order[attr.O_TS], evidence, referrer_id)
+
     async def handle_visitor_batch(events: list[Any]) -> None:
         started = time.perf_counter()
-        decoded = await decode_batch(events)
+        verdicts = [e for e in events if e.message.topic == "ripple-blocks"]
+        decoded = await decode_batch([e for e in events if e.message.topic != "ripple-blocks"])
+        # Topics are fetched independently, so a batch mixes them out of event-time order;
+        # taking each batch in event time makes restatements (and late events) rarer.
+        decoded.sort(key=lambda item: item[2]["ts"])
         await reader.ready()  # never credit with half-loaded codes (a worker just started)
         if any(
             not reference.knows(e.get("discount_code") if t == "orders" else e.get("ref"))
@@ -286,7 +336,7 @@ def create_app(settings: Settings) -> faust.App:
         ):
             await reader.sync()  # a code this worker has not seen yet may just have been written
         touched: dict[str, tuple[int, attr.State]] = {}
-        credits_out: dict[str, list[dict[str, Any]]] = {}  # one message per referrer per batch
+        outputs = VisitorOutputs()
         for topic, partition, event in decoded:
             st = visitor_clock.get(partition)
             if attr.is_late(event["ts"], st, windows):
@@ -308,23 +358,130 @@ def create_app(settings: Settings) -> faust.App:
             visitor = event.get("visitor_id")
             if visitor is None:
                 continue  # an anonymous view: a fact for the creator, no visitor touch
+            if topic == "clicks" and not click_checks(event, outputs):
+                continue  # a bot: no touch at all
             state = held(touched, visitor_state, visitor) or attr.new_state()
             touched[visitor] = (partition, state)
             if topic == "orders":
                 metrics.orders_attributed.inc()
             for order, result in attr.handle_event(topic, event, state, st, windows, reference, settings.policy):
-                for row in attr.rows_for(order, result, reference):
-                    credits_out.setdefault(row["referrer_id"], []).append(row)
+                outputs.credited(order, result)
                 conflict = attr.conflict_row(order, result, settings.policy)
                 if conflict is not None:
                     await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
-        for referrer_id, rows in credits_out.items():
+        for ev in verdicts:  # clicks found to be part of a flood: restate what they touched
+            msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
+            value = orjson.loads(msg.value)
+            for verdict in value if isinstance(value, list) else [value]:
+                visitor = verdict["visitor_id"]
+                state = held(touched, visitor_state, visitor) or attr.new_state()
+                touched[visitor] = (msg.partition, state)
+                metrics.blocked_touches.labels(verdict["rule"]).inc()
+                for order in attr.add_block(state, verdict["event_id"], verdict["ts"]):
+                    result = attr.credit_order(state, order, reference, windows, settings.policy)
+                    outputs.credited(order, result)
+                    conflict = attr.conflict_row(order, result, settings.policy)
+                    if conflict is not None:
+                        await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
+        for referrer_id, rows in outputs.credits.items():
             await send_many(credits_topic, referrer_id, rows, "ripple-credits")
+        for key, clicks in outputs.by_ip.items():
+            await send_many(clicks_by_ip_topic, key, clicks, "ripple-clicks")
+        await emit(outputs.alerts)
         for visitor, (partition, state) in touched.items():
             attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
             table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
         visitor_clock.persist(p for _, p, _ in decoded)
         metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def click_checks(event: dict[str, Any], outputs: VisitorOutputs) -> bool:
+        """Per-click rules: False for a bot (no touch); else the click goes to the flood check."""
+        owner = reference.resolve(event["ref"], event["ts"])
+        if fraud.is_bot(event.get("user_agent"), rules):
+            metrics.blocked_touches.labels("bot_click").inc()
+            if owner is not None:
+                evidence = {"click_event_id": event["event_id"], "user_agent": event.get("user_agent", "")[:200]}
+                outputs.alerts.append(
+                    referrer_logic.alert(
+                        "bot_click", "warning", owner.referrer_id, event["ts"], evidence, owner.referrer_id
+                    )
+                )
+            return False
+        if owner is not None and event.get("ip_hash"):
+            key = f"{event['ip_hash']}|{owner.referrer_id}"
+            outputs.by_ip.setdefault(key, []).append(
+                {
+                    "ts": event["ts"],
+                    "event_id": event["event_id"],
+                    "visitor_id": event["visitor_id"],
+                    "ip_hash": event["ip_hash"],
+                    "referrer_id": owner.referrer_id,
+                }
+            )
+        return True
+
+    # -- clicks per ip and referrer -> flood verdicts back to the visitors --------------
+    @app.agent(clicks_by_ip_topic, name="floods")
+    async def flood_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await guarded(handle_flood_batch, events)
+
+    async def handle_flood_batch(events: list[Any]) -> None:
+        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        verdicts: dict[str, list[dict[str, Any]]] = {}
+        alerts: list[referrer_logic.Output] = []
+        for ev in events:
+            msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
+            key = msg.key.decode()
+            value = orjson.loads(msg.value)
+            state = held(touched, flood_state, key) or {}
+            touched[key] = (msg.partition, state)
+            for click in value if isinstance(value, list) else [value]:
+                flooded = fraud.flood_add(state, click["ts"], click["event_id"], click["visitor_id"], rules)
+                for ts, event_id, visitor in flooded:
+                    verdicts.setdefault(visitor, []).append(
+                        {"visitor_id": visitor, "event_id": event_id, "ts": ts, "rule": "click_flood"}
+                    )
+                if flooded:
+                    evidence = {
+                        "ip_hash": click["ip_hash"],
+                        "clicks": len(state["f"]),
+                        "window_ms": rules.flood_window_ms,
+                        "max_clicks": rules.flood_max_clicks,
+                        "click_event_ids": [c[1] for c in flooded[:20]],
+                    }
+                    referrer_id = click["referrer_id"]
+                    alerts.append(referrer_logic.alert("click_flood", "high", key, click["ts"], evidence, referrer_id))
+        for visitor, items in verdicts.items():
+            await send_many(blocks_topic, visitor, items, "ripple-blocks")
+        await emit(alerts)
+        for key, (partition, state) in touched.items():
+            table_put(flood_state, partition, key, state)
+
+    # -- alert candidates -> one alert per rule, subject and cool-down period ----------
+    @app.agent(alert_candidates_topic, name="alerts")
+    async def alert_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await guarded(handle_alert_batch, events)
+
+    async def handle_alert_batch(events: list[Any]) -> None:
+        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        for ev in events:
+            msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
+            key = msg.key.decode()
+            value = orjson.loads(msg.value)
+            state = held(touched, alert_state, key) or {}
+            touched[key] = (msg.partition, state)
+            for cand in value if isinstance(value, list) else [value]:
+                row = fraud.admit_alert(state, cand, rules)
+                if row is not None:
+                    metrics.alerts.labels(row["rule"], row["severity"]).inc()
+                    await send(out["alerts"], row["alert_id"], row, "alerts")
+        for key, (partition, state) in touched.items():
+            table_put(alert_state, partition, key, state)
 
     # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
     topics_by_name = {
@@ -332,14 +489,13 @@ def create_app(settings: Settings) -> faust.App:
         "ripple-commissions": commissions_topic,
         "ripple-lineage": lineage_topic,
         "ripple-chains": chains_topic,
+        "ripple-alerts": alert_candidates_topic,
     }
 
     async def emit(outputs: list[referrer_logic.Output]) -> None:
         grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for topic, key, value in outputs:
             grouped.setdefault((topic, key), []).append(value)
-            if topic == "alerts":
-                metrics.alerts.labels(value["rule"], value["severity"]).inc()
         for (topic, key), values in grouped.items():
             await send_many(topics_by_name[topic], key, values, topic)
 
@@ -349,6 +505,13 @@ def create_app(settings: Settings) -> faust.App:
     def identities_of(referrer_id: str) -> list[str]:
         creator = reference.creators.get(referrer_id)
         return lineage.creator_identities(creator) if creator else []
+
+    def followers_of(referrer_id: str) -> int | None:
+        creator = reference.creators.get(referrer_id)
+        followers = creator.get("followers") if creator else None
+        return int(followers) if isinstance(followers, int) else None
+
+    ctx = referrer_logic.Context(plan_of, identities_of, settings.commission_model, rules, followers_of)
 
     @app.agent(raw_topic("ripple-credits", "ripple-lineage"), name="referrers")
     async def referrer_agent(stream: Any) -> None:
@@ -367,12 +530,9 @@ def create_app(settings: Settings) -> faust.App:
             for one in item if isinstance(item, list) else [item]:
                 if msg.topic == "ripple-lineage":
                     await emit(referrer_logic.on_claim(state, one))
-                    await emit(referrer_logic.release(state, plan_of, identities_of, settings.commission_model))
+                    await emit(referrer_logic.release(state, ctx))
                 else:
-                    now = time.time()
-                    await emit(
-                        referrer_logic.on_credit(state, one, plan_of, identities_of, settings.commission_model, now)
-                    )
+                    await emit(referrer_logic.on_credit(state, one, ctx, time.time()))
             if "parked" in state:
                 parked[key] = msg.partition
         for key, (partition, state) in touched.items():
@@ -380,7 +540,8 @@ def create_app(settings: Settings) -> faust.App:
 
     parked: dict[str, int] = {}  # referrers with credits waiting for their own claim -> partition
     parked_loaded = False
-    upstream = {*COPARTITIONED_TOPICS, "ripple-credits", "ripple-lineage"}
+    # where a claim can still be on its way from: inputs, verdicts that restate, credits, claims
+    upstream = {*COPARTITIONED_TOPICS, "ripple-clicks", "ripple-blocks", "ripple-credits", "ripple-lineage"}
 
     async def upstream_caught_up() -> bool:
         """Nothing a claim could still be travelling through is waiting in this worker."""
@@ -413,7 +574,7 @@ def create_app(settings: Settings) -> faust.App:
             if state is None or "parked" not in state:
                 parked.pop(key, None)
                 continue
-            outputs = referrer_logic.release(state, plan_of, identities_of, settings.commission_model, now)
+            outputs = referrer_logic.release(state, ctx, now)
             if outputs or "parked" not in state:
                 await emit(outputs)
                 parked.pop(key, None)
@@ -449,7 +610,7 @@ def create_app(settings: Settings) -> faust.App:
                             root,
                             chain["updated"],
                             {k: s[k] for k in ("nodes", "depth", "k_by_generation", "structural_virality")},
-                            str(chain["crossings"]),
+                            root,
                         )
                     ]
                 )
@@ -501,6 +662,13 @@ def create_app(settings: Settings) -> faust.App:
                 end = comm.hold_end(ledger)
                 if not ledger["approved"] and end is not None:
                     pending.setdefault(partition, {})[order_id] = end
+                if ledger["r"]:  # the referrers' refund rates are kept at their keys
+                    refund_ts = max(r[0] for r in ledger["r"].values())
+                    for key, terms in ledger["c"].items():
+                        referrer_id, _, kind = key.rpartition("|")
+                        if kind == "commission" and terms[0] > 0:
+                            note = {"type": "refund", "referrer_id": referrer_id, "order_id": order_id}
+                            await send(credits_topic, referrer_id, {**note, "ts": refund_ts}, "ripple-credits")
         for order_id, (partition, ledger) in touched.items():
             table_put(order_state, partition, order_id, ledger)
         order_clock.persist(p for p, _ in touched.values())

@@ -3,7 +3,8 @@
 State per visitor is a small JSON-able dict, so it can live in a Faust table:
 
 ``{"t": [[ts, kind, ref, event_id, eligible_from], ...],   # touches, sorted by ts
-   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities], ...]}``
+   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities, domain], ...],
+   "b": [[event_id, ts], ...]}``                          # touches blocked by a fraud verdict
 
 * ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
   ``ref`` is the creator).
@@ -11,12 +12,14 @@ State per visitor is a small JSON-able dict, so it can live in a Faust table:
   time) counts only for orders at or after that event time, so it never changes an
   order that was already final, on the first run or on a replay.
 * Recent orders stay for ``max_lateness`` of stream time; a touch that arrives within
-  that time restates them. ``ever`` maps each model to every referrer the order has ever
-  been credited to, so a restatement writes zero rows for those that lost credit.
+  that time restates them. They stay for ``hold_ms`` when that is longer, so a fraud
+  verdict on a touch reached elsewhere (a click flood, decided per ip) restates them too.
+  ``ever`` maps each model to every referrer the order has ever been credited to, so a
+  restatement writes zero rows for those that lost credit.
 
 Every row carries ``version`` = 1 + number of stored touches inside the longest window
-before the order (+1 for a code). Touches are only
-ever added, so a restatement always has a higher version than what it replaces, and the
+before the order (+1 for a code, +1 per blocked touch among them). Touches and blocks are
+only ever added, so a restatement always has a higher version than what it replaces, and the
 same final state always gives the same rows: replays collapse in ClickHouse.
 """
 
@@ -36,7 +39,7 @@ Row = dict[str, Any]
 # touch fields
 T_TS, T_KIND, T_REF, T_ID, T_FROM = range(5)
 # retained order fields
-O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS = range(9)
+O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS, O_DOMAIN = range(10)
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,20 @@ class Windows:
     max_lateness_ms: int
     max_touches: int = 64
     half_life_ms: int = DEFAULT_HALF_LIFE_MS
+    #: click injection: a click this close before an order gets no credit for it ...
+    block_below_ms: int = 0
+    #: ... and this close is credited but flagged
+    flag_below_ms: int = 0
+    #: how long orders stay restatable by fraud verdicts on their touches (event time)
+    hold_ms: int = 0
 
     @property
     def longest_ms(self) -> int:
         return max(self.click_ms, self.view_ms)
+
+    @property
+    def retain_ms(self) -> int:
+        return max(self.max_lateness_ms, self.hold_ms)
 
 
 def new_state() -> State:
@@ -101,6 +114,7 @@ def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows)
         {},
         order["customer_id"],
         order_identities(order),
+        (order.get("referrer_domain") or "").lower(),
     ]
     if not is_late(order["ts"], stream_time, w):
         state["o"].append(record)
@@ -111,15 +125,30 @@ def expire(state: State, stream_time: int, w: Windows, longest_ms: int | None = 
     """Drop orders past ``max_lateness`` and touches no future order can use.
 
     ``longest_ms`` is the longest window in force, creator overrides included."""
-    horizon = stream_time - w.max_lateness_ms
+    horizon = stream_time - w.retain_ms
     keep_click = max(w.click_ms, longest_ms or 0)
     keep_view = max(w.view_ms, longest_ms or 0)
     state["o"] = [o for o in state["o"] if o[O_TS] >= horizon]
     state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (keep_click if t[T_KIND] == "c" else keep_view)]
+    if state.get("b"):
+        state["b"] = [b for b in state["b"] if b[1] >= horizon - keep_click]
+        if not state["b"]:
+            del state["b"]
 
 
 def is_empty(state: State) -> bool:
-    return not state["t"] and not state["o"]
+    return not state["t"] and not state["o"] and not state.get("b")
+
+
+def add_block(state: State, event_id: str, ts: int) -> list[list[Any]]:
+    """A fraud verdict on one of the visitor's touches: it gets no credit from now on.
+
+    Returns the retained orders it may restate (again on a duplicate, so a replay that
+    lost its first output still writes it)."""
+    blocked = state.setdefault("b", [])
+    if not any(b[0] == event_id for b in blocked):
+        blocked.append([event_id, ts])
+    return [o for o in state["o"] if ts <= o[O_TS]]
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,10 @@ class Result:
     credits: dict[str, list[Credit]]  # model -> credited referrers
     conflict: dict[str, Any] | None
     version: int
+    #: clicks that got no credit because they came too close before the order
+    injected: tuple[tuple[str, str, int], ...] = ()  # (referrer, click event id, ms before)
+    #: whether the visitor touched the code's referrer (an eligible click or view)
+    code_touched: bool = False
 
 
 def _touch_counts_for(t: list[Any], order_ts: int, w: Windows, ref: ReferenceData) -> bool:
@@ -168,19 +201,31 @@ def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows,
         and order_ts >= t[T_FROM]
         and order_ts - t[T_TS] <= (keep_click if t[T_KIND] == "c" else keep_view)
     ]
+    blocked = {b[0] for b in state.get("b", ())}
     clicks: list[tuple[list[Any], Referrer]] = []
     views: list[list[Any]] = []
+    injected: list[tuple[str, str, int]] = []
+    n_blocked = 0
     for t in considered:
+        if t[T_ID] in blocked:
+            n_blocked += 1
+            continue
         if not _touch_counts_for(t, order_ts, w, ref):
             continue
         if t[T_KIND] == "c":
             referrer = ref.resolve(t[T_REF], t[T_TS])
             assert referrer is not None
+            if order_ts - t[T_TS] < w.block_below_ms:
+                injected.append((referrer.referrer_id, t[T_ID], order_ts - t[T_TS]))
+                continue
             clicks.append((t, referrer))
         else:
             views.append(t)
     code = ref.resolve(order[O_CODE], order_ts) if order[O_CODE] else None
-    version = 1 + len(considered) + (1 if code else 0)
+    version = 1 + len(considered) + n_blocked + (1 if code else 0)
+    code_touched = code is not None and (
+        any(r.referrer_id == code.referrer_id for _, r in clicks) or any(t[T_REF] == code.referrer_id for t in views)
+    )
 
     code_credit = Credit(code.referrer_id, code.referrer_type, 1.0, "code", order[O_EVENT], order_ts) if code else None
     click_touches = [(t[T_TS], r.referrer_id, r.referrer_type, "click", t[T_ID]) for t, r in clicks]
@@ -214,7 +259,7 @@ def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows,
                 "ts": order_ts,
                 "version": version,
             }
-    return Result(credits, conflict, version)
+    return Result(credits, conflict, version, tuple(injected), code_touched)
 
 
 def _spread(
@@ -244,8 +289,12 @@ def _merge(per_touch: list[Credit]) -> list[Credit]:
     return list(by_referrer.values())
 
 
-def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
-    """Attribution rows for every model, including zero rows for referrers that lost credit."""
+def rows_for(order: list[Any], result: Result, ref: ReferenceData, w: Windows | None = None) -> list[Row]:
+    """Attribution rows for every model, including zero rows for referrers that lost credit.
+
+    A click credited less than ``w.flag_below_ms`` before the order is marked
+    ``click_injection`` in ``reasons`` (credited, but flagged)."""
+    flag_ms = w.flag_below_ms if w else 0
     ever: dict[str, Any] = order[O_EVER]
     rows: list[Row] = []
     amount = order[O_AMOUNT]
@@ -273,7 +322,9 @@ def rows_for(order: list[Any], result: Result, ref: ReferenceData) -> list[Row]:
                     "currency": order[O_CURRENCY],
                     "ctot_ms": order[O_TS] - c.touch_ts if c else 0,
                     "status": "ok",
-                    "reasons": [],
+                    "reasons": ["click_injection"]
+                    if c and c.touch_type == "click" and order[O_TS] - c.touch_ts < flag_ms
+                    else [],
                     "generation": 0,
                     "version": result.version,
                     "ts": order[O_TS],

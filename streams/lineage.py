@@ -67,31 +67,71 @@ def apply_claim(state: dict[str, Any], claim: dict[str, Any]) -> tuple[dict[str,
     The parent is the referrer of the customer's earliest credited order in event time
     (``ts``, then order id; a restated order's latest credit). Claims can arrive out of
     that order, so a better claim still moves the node as long as it has not referred
-    anyone; once it has, its place is fixed forever. Returns ``(node row, previous place)``,
-    ``(None, None)`` when nothing changes.
+    anyone; once it has, its place is fixed forever. Every order's latest claim is kept,
+    so a retracted one (:func:`retract_claim`) falls back to the next. Returns
+    ``(node row, previous place)``, ``(None, None)`` when nothing changes; a node row
+    with ``active`` 0 when the customer is a node no more.
     """
-    lin = state.get("lin")
+    claims: dict[str, Any] = state.setdefault("claims", {})
+    held = claims.get(claim["order_id"])
+    if held is not None and held["version"] > claim["version"]:
+        return None, None
+    claims[claim["order_id"]] = {k: claim[k] for k in CLAIM_FIELDS}
+    return _place(state, claim["node_id"], claim["ts"])
+
+
+def retract_claim(
+    state: dict[str, Any], retract: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The order behind a claim lost its credit from that parent (a fraud verdict or a
+    restatement): the customer takes its place from its next credited order, or none."""
+    claims: dict[str, Any] = state.get("claims", {})
+    held = claims.get(retract["order_id"])
+    if held is None or held["parent_id"] != retract["parent_id"] or held["version"] > retract["version"]:
+        return None, None
+    del claims[retract["order_id"]]
+    return _place(state, retract["node_id"], retract["ts"])
+
+
+CLAIM_FIELDS = ("node_id", "parent_id", "root_id", "generation", "anc", "own", "ts", "order_id", "version")
+
+
+def _rank(claim: dict[str, Any]) -> list[Any]:
     # earliest order first; for the same order, its latest restatement
-    rank = [claim["ts"], claim.get("order_id", ""), -claim.get("version", 0)]
-    if lin is not None:
-        if lin.get("used") or lin["parent"] == "" or rank >= lin.get("rank", rank):
+    return [claim["ts"], claim.get("order_id", ""), -claim.get("version", 0)]
+
+
+def _place(state: dict[str, Any], node_id: str, ts: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    lin = state.get("lin")
+    if lin is not None and (lin.get("used") or lin["parent"] == ""):
+        return None, None  # it has referred someone, or it is a root: fixed
+    claims = state.get("claims", {})
+    best = min(claims.values(), key=_rank) if claims else None
+    previous = None if lin is None else {"root_id": lin["root"], "node_id": node_id}
+    if best is None:
+        if lin is None:
             return None, None
-    previous = None if lin is None else {"root_id": lin["root"], "node_id": claim["node_id"]}
+        del state["lin"]
+        gone = {"node_id": node_id, "parent_id": "", "root_id": lin["root"], "generation": 0, "ts": ts, "active": 0}
+        return gone, previous
+    if lin is not None and lin.get("rank") == _rank(best) and lin["parent"] == best["parent_id"]:
+        return None, None
     state["lin"] = {
-        "root": claim["root_id"],
-        "gen": claim["generation"],
-        "parent": claim["parent_id"],
-        "own": claim["own"],
-        "anc": claim["anc"],
-        "rank": rank,
+        "root": best["root_id"],
+        "gen": best["generation"],
+        "parent": best["parent_id"],
+        "own": best["own"],
+        "anc": best["anc"],
+        "rank": _rank(best),
         "used": False,
     }
     node = {
-        "node_id": claim["node_id"],
-        "parent_id": claim["parent_id"],
-        "root_id": claim["root_id"],
-        "generation": claim["generation"],
-        "ts": claim["ts"],
+        "node_id": node_id,
+        "parent_id": best["parent_id"],
+        "root_id": best["root_id"],
+        "generation": best["generation"],
+        "ts": best["ts"],
+        "active": 1,
     }
     return node, previous
 

@@ -1,22 +1,40 @@
 """What happens at a referrer's key: credits in; attributions, commission terms, lineage,
 chain updates and alerts out. Pure logic over the referrer's JSON-able state.
 
-State: ``{"m": monthly book, "seq": n, "lin": lineage}`` (see :mod:`streams.commission`
-and :mod:`streams.lineage`). Every output is a ``(topic, key, value)`` triple.
+State: ``{"m": monthly book, "seq": n, "lin": lineage, "codes": {code: leakage state},
+"red": {order_id: untouched redemption and its rows}, "act": credited orders, refunds and
+orders per hour}`` (see :mod:`streams.commission`, :mod:`streams.lineage` and
+:mod:`streams.fraud`). Every output is a ``(topic, key, value)`` triple.
+
+Besides credit rows, the referrer's key receives *notes*: a ``redemption`` of one of its
+codes (from the visitor's key: was the code's referrer touched, did the order come from a
+coupon site) and a ``refund`` of an order credited to it (from the order's key). The
+referrer is the one place that sees all of its codes' redemptions and all of its orders,
+so leakage, refund rate and conversion spikes are decided here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from streams import commission as comm
-from streams import lineage
+from streams import fraud, lineage
 
 Output = tuple[str, str, dict[str, Any]]
 BLOCKING_RULES = ("referral_ring", "self_referral")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a referrer's logic needs from outside its own state."""
+
+    plan_of: Callable[[str], comm.Plan]
+    identities_of: Callable[[str], list[str]]
+    commission_model: str = "last_click"
+    rules: fraud.FraudConfig = field(default_factory=fraud.load_config)
+    followers_of: Callable[[str], int | None] = lambda _referrer: None
 
 
 def new_state() -> dict[str, Any]:
@@ -24,22 +42,11 @@ def new_state() -> dict[str, Any]:
 
 
 def alert(
-    rule: str, severity: str, referrer_id: str, ts: int, evidence: dict[str, Any], subject: str, code: str = ""
+    rule: str, severity: str, subject: str, ts: int, evidence: dict[str, Any], referrer_id: str = "", code: str = ""
 ) -> Output:
-    alert_id = f"{rule}:{referrer_id}:{subject}"
-    return (
-        "alerts",
-        alert_id,
-        {
-            "alert_id": alert_id,
-            "ts": ts,
-            "rule": rule,
-            "severity": severity,
-            "referrer_id": referrer_id,
-            "code": code,
-            "evidence": orjson.dumps(evidence).decode(),
-        },
-    )
+    """An alert candidate for the alerts agent, keyed by rule and subject."""
+    cand = fraud.candidate(rule, severity, subject, ts, evidence, referrer_id, code)
+    return ("ripple-alerts", f"{rule}:{subject}", cand)
 
 
 #: how long (wall clock) a customer's referral credits wait for the customer's own claim
@@ -47,35 +54,27 @@ def alert(
 CLAIM_WAIT_S = 3.0
 
 
-def on_credit(
-    state: dict[str, Any],
-    row: dict[str, Any],
-    plan_of: Callable[[str], comm.Plan],
-    identities_of: Callable[[str], list[str]],
-    commission_model: str,
-    now_s: float = 0.0,
-) -> list[Output]:
-    """One credit row (any model) for the referrer whose state this is.
+def on_credit(state: dict[str, Any], row: dict[str, Any], ctx: Context, now_s: float = 0.0) -> list[Output]:
+    """One item for the referrer whose state this is: a credit row (any model) or a note.
 
     A customer is a referrer before it is a node only when it really referred someone
     before its own first credited order. Its claim travels one hop more than its friends'
     orders, so a customer without a place parks its credits until the claim arrives, or
     ``CLAIM_WAIT_S`` passes and it becomes a root.
     """
+    kind = row.get("type")
+    if kind == "redemption":
+        return on_redemption(state, row, ctx)
+    if kind == "refund":
+        return on_refund(state, row, ctx)
     if state.get("lin") is None and row["referrer_type"] == "customer":
         parked = state.setdefault("parked", {"until": now_s + CLAIM_WAIT_S, "rows": []})
         parked["rows"].append(row)
         return []
-    return _credit(state, row, plan_of, identities_of, commission_model)
+    return _credit(state, row, ctx)
 
 
-def release(
-    state: dict[str, Any],
-    plan_of: Callable[[str], comm.Plan],
-    identities_of: Callable[[str], list[str]],
-    commission_model: str,
-    now_s: float | None = None,
-) -> list[Output]:
+def release(state: dict[str, Any], ctx: Context, now_s: float | None = None) -> list[Output]:
     """Credit the parked rows once the customer has a place, or its wait is over."""
     parked = state.get("parked")
     if parked is None or (state.get("lin") is None and now_s is not None and now_s < parked["until"]):
@@ -83,21 +82,15 @@ def release(
     del state["parked"]
     out: list[Output] = []
     for row in parked["rows"]:
-        out.extend(_credit(state, row, plan_of, identities_of, commission_model))
+        out.extend(_credit(state, row, ctx))
     return out
 
 
-def _credit(
-    state: dict[str, Any],
-    row: dict[str, Any],
-    plan_of: Callable[[str], comm.Plan],
-    identities_of: Callable[[str], list[str]],
-    commission_model: str,
-) -> list[Output]:
+def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Output]:
     referrer = row["referrer_id"]
-    plan = plan_of(referrer)
+    plan = ctx.plan_of(referrer)
     out: list[Output] = []
-    lin, new_root = lineage.ensure_lineage(state, referrer, identities_of(referrer))
+    lin, new_root = lineage.ensure_lineage(state, referrer, ctx.identities_of(referrer))
     if new_root:
         node = {
             "node_id": referrer,
@@ -106,15 +99,22 @@ def _credit(
             "generation": 0,
             "ts": row["ts"],
             "version": 0,
+            "active": 1,
         }
         out.append(("chain_nodes", referrer, node))
         out.append(("ripple-chains", referrer, {"type": "root", **node}))
     seq = comm.next_seq(state)
-    row = {**row, "root_creator_id": lin["root"], "generation": lin["gen"], "status": "ok", "reasons": []}
+    flags = [r for r in row.get("reasons") or () if r not in BLOCKING_RULES and r != "code_leakage"]
+    row = {**row, "root_creator_id": lin["root"], "generation": lin["gen"], "status": "ok", "reasons": flags}
     rule = lineage.identity_match(lin, row.get("identities") or []) if row["credit"] > 0 else None
+    redemption = state.get("red", {}).get(row["order_id"])
+    if redemption is not None:
+        redemption.setdefault("rows", {})[row["model"]] = row
+        if rule is None and row["credit"] > 0 and redemption.get("blocked"):
+            rule = "code_leakage"
     if rule is not None:
-        row["status"], row["reasons"] = "blocked", [rule]
-    if row["model"] != commission_model:
+        row["status"], row["reasons"] = "blocked", [rule, *flags]
+    if row["model"] != ctx.commission_model:
         rate = 0.0 if rule else plan.rate
         out.append(
             (
@@ -129,12 +129,11 @@ def _credit(
         )
         return out
 
-    if rule is not None:
-        severity = "high" if rule == "referral_ring" else "warning"
+    if rule in BLOCKING_RULES:
         out.append(
             alert(
                 rule,
-                severity,
+                "high",
                 referrer,
                 row["ts"],
                 {
@@ -143,14 +142,28 @@ def _credit(
                     "matched": sorted(set(row.get("identities") or []) & set(lin["own"] + lin["anc"])),
                     "root_id": lin["root"],
                 },
-                row["order_id"],
+                referrer,
             )
         )
     elif row["credit"] > 0 and row.get("customer_id"):
+        # a customer credited to this referrer becomes its child (a leaked code still
+        # credits the order: only identity rules deny the place)
         claim = lineage.claim_for(referrer, lin, row)
         out.append(("ripple-lineage", claim["node_id"], claim))
         lin["used"] = True  # it has referred someone: its own place is fixed from now on
+    elif row["credit"] <= 0 and row.get("customer_id"):
+        # the order lost this referrer's credit: a claim it may have made is void
+        retract = {
+            "type": "retract",
+            "node_id": row["customer_id"],
+            "parent_id": referrer,
+            "order_id": row["order_id"],
+            "version": row["version"],
+            "ts": row["ts"],
+        }
+        out.append(("ripple-lineage", row["customer_id"], retract))
 
+    out.extend(_activity(state, row, rule is None and row["credit"] > 0, ctx))
     # blocked orders earn nothing and do not count towards tiers
     book_row = {**row, "credit": 0.0} if rule else row
     new_month, changed = comm.book_order(state, book_row, plan)
@@ -196,7 +209,7 @@ def _credit(
         }
         out.append(("ripple-commissions", order_id, terms))
         if lin["parent"]:
-            parent_plan = plan_of(lin["parent"])
+            parent_plan = ctx.plan_of(lin["parent"])
             if parent_plan.override_rate > 0:
                 out.append(
                     (
@@ -230,15 +243,90 @@ def _credit(
 
 
 def on_claim(state: dict[str, Any], claim: dict[str, Any]) -> list[Output]:
-    """A claim to make this customer a node (or move it to an earlier parent)."""
-    node, previous = lineage.apply_claim(state, claim)
+    """A claim to make this customer a node (or move it to an earlier parent), or the
+    retraction of one whose order lost its credit."""
+    if claim.get("type") == "retract":
+        node, previous = lineage.retract_claim(state, claim)
+    else:
+        node, previous = lineage.apply_claim(state, claim)
     if node is None:
         return []
     version = comm.next_seq(state)
-    out: list[Output] = [
-        ("chain_nodes", node["node_id"], {**node, "version": version}),
-        ("ripple-chains", node["root_id"], {"type": "node", **node}),
-    ]
+    out: list[Output] = [("chain_nodes", node["node_id"], {**node, "version": version})]
     if previous is not None:
-        out.insert(1, ("ripple-chains", previous["root_id"], {"type": "remove", **previous, "ts": claim["ts"]}))
+        out.append(("ripple-chains", previous["root_id"], {"type": "remove", **previous, "ts": claim["ts"]}))
+    if node["active"]:
+        out.append(("ripple-chains", node["root_id"], {"type": "node", **node}))
+    return out
+
+
+# -- fraud notes -------------------------------------------------------------------------
+def _activity(state: dict[str, Any], row: dict[str, Any], credited: bool, ctx: Context) -> list[Output]:
+    """Track the referrer's credited orders: conversion spikes per hour, refund rate."""
+    act = state.setdefault("act", {})
+    if not fraud.activity_order(act, row["order_id"], row["ts"], credited, ctx.rules) or not credited:
+        return []
+    spike = fraud.spike_check(act, row["ts"], ctx.rules)
+    if spike is None:
+        return []
+    referrer = row["referrer_id"]
+    return [alert("conversion_spike", "warning", referrer, row["ts"], spike, referrer)]
+
+
+def on_refund(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
+    """An order credited to this referrer was refunded (a note from the order's key)."""
+    act = state.setdefault("act", {})
+    if not fraud.activity_refund(act, note["order_id"]):
+        return []
+    found = fraud.refund_check(act, ctx.rules)
+    if found is None:
+        return []
+    referrer = note["referrer_id"]
+    evidence = {**found, "order_id": note["order_id"]}
+    return [alert("refund_rate", "warning", referrer, note["ts"], evidence, referrer)]
+
+
+def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
+    """One (re)credited order that used one of this referrer's codes.
+
+    Decides leakage for the code's 6-hour bucket and restates the untouched redemptions
+    whose verdict changed; with policy ``no_commission`` they are blocked (credited, no
+    commission). Their rows are kept (only untouched ones can ever be blocked) until the
+    verdict can no longer change."""
+    cfg = ctx.rules
+    referrer, code, order_id = note["referrer_id"], note["code"], note["order_id"]
+    codes = state.setdefault("codes", {})
+    leak = codes.setdefault(code, {})
+    untouched = not note["touched"]
+    bucket = fraud.leak_add(leak, order_id, note["ts"], untouched, note["coupon"], cfg)
+    red: dict[str, Any] = state.setdefault("red", {})
+    if untouched:
+        red.setdefault(order_id, {"code": code, "ts": note["ts"]})
+    else:
+        red.pop(order_id, None)
+    out: list[Output] = []
+    if untouched and note["coupon"]:
+        evidence = {"order_id": order_id, "referrer_domain": note.get("domain", ""), "signals": ["coupon_site"]}
+        out.append(alert("code_leakage", "high", code, note["ts"], evidence, referrer, code))
+    found = fraud.leak_check(leak, bucket, ctx.followers_of(referrer), cfg)
+    leaking = found is not None
+    if found is not None and bucket not in leak.setdefault("x", []):
+        leak["x"].append(bucket)
+        sample = sorted(fraud.leak_blocked(leak, bucket, True))[:20]
+        out.append(alert("code_leakage", "high", code, note["ts"], {**found, "orders": sample}, referrer, code))
+    elif not leaking and bucket in leak.get("x", []):
+        leak["x"].remove(bucket)
+    if cfg.leak_policy == "no_commission":
+        blocked = fraud.leak_blocked(leak, bucket, leaking)
+        for oid in sorted(o for o, r in red.items() if r["code"] == code and fraud.leak_bucket(r["ts"], cfg) == bucket):
+            entry = red[oid]
+            if bool(entry.get("blocked")) == (oid in blocked):
+                continue
+            entry["blocked"] = oid in blocked
+            for row in list(entry.get("rows", {}).values()):
+                out.extend(_credit(state, row, ctx))  # restated with the new verdict
+    fraud.leak_prune(leak, note["ts"], cfg)
+    horizon = note["ts"] - cfg.leak_window_ms - cfg.block_hold_ms
+    for oid in [o for o, r in red.items() if r["ts"] < horizon]:
+        del red[oid]
     return out

@@ -42,6 +42,12 @@ def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["worker", "--bootstrap", "127.0.0.1:9"], {"RIPPLE_WEB_PORT": "70000"}, "web port"),
         (["up"], {"RIPPLE_MAX_LATENESS_MS": "-1"}, "max_lateness_ms"),
         (["worker"], {}, "--bootstrap"),
+        (["evaluate", "--seeds", "one"], {}, "comma list of integers"),
+        (["evaluate", "--seeds", "1,1"], {}, "seeds must differ"),
+        (["evaluate", "--seeds", "1,2", "--honest-seeds", "2,3"], {}, "must differ"),
+        (["evaluate", "--inject", "phishing"], {}, "unknown fraud type"),
+        (["up"], {"RIPPLE_FRAUD_RULES": "/nonexistent/rules.json"}, "cannot read"),
+        (["worker", "--bootstrap", "127.0.0.1:9"], {"RIPPLE_FRAUD_RULES": "README.md"}, "not JSON"),
         (["nonsense"], {}, "invalid choice"),
     ],
 )
@@ -69,5 +75,5 @@ def test_environment_and_flags_are_read_in_one_place(tmp_path: Path) -> None:
 def test_help_lists_the_commands() -> None:
     result = ripple("--help")
     assert result.returncode == 0
-    for command in ("up", "worker", "sink", "simulate", "migrate"):
+    for command in ("up", "worker", "sink", "simulate", "evaluate", "migrate"):
         assert command in result.stdout

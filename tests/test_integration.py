@@ -102,6 +102,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "2026-01-01T00:00:00Z",
                 "--views",
                 "4000",
+                "--inject",
+                "all",
                 "--out",
                 str(out),
             ],
@@ -276,8 +278,10 @@ def test_commission_ledger_matches_the_credited_orders(run: Run, ch: ClickHouse)
             "WHERE model = 'last_click' AND credit > 0 GROUP BY order_id"
         )
     )
-    assert commissions and set(commissions) == set(attributed)
-    assert commissions == attributed
+    # an order restated to nobody keeps a commission entry of 0 (its credit was retracted)
+    paid = {order_id: minor for order_id, minor in commissions.items() if minor}
+    assert paid and paid == {order_id: minor for order_id, minor in attributed.items() if minor}
+    assert set(attributed) <= set(commissions)
     refunds = ch.query("SELECT count() FROM ripple.commission_ledger FINAL WHERE kind IN ('reversal', 'clawback')")
     assert refunds[0][0] > 0
     daily = ch.query("SELECT sum(conversions) FROM ripple.creator_daily WHERE model = 'last_click'")[0][0]
@@ -288,7 +292,7 @@ def test_commission_ledger_matches_the_credited_orders(run: Run, ch: ClickHouse)
 
 
 def test_chain_parents_equal_the_ground_truth(run: Run, ch: ClickHouse) -> None:
-    rows = ch.query("SELECT node_id, parent_id, root_id, generation FROM ripple.chain_nodes FINAL")
+    rows = ch.query("SELECT node_id, parent_id, root_id, generation FROM ripple.chain_nodes FINAL WHERE active = 1")
     parents = {node: parent for node, parent, _, _ in rows if parent}
     assert parents == run.truth["chain_parents"]
     gen = {node: g for node, _, _, g in rows}
@@ -301,22 +305,45 @@ def test_exactly_the_super_critical_chains_are_viral(run: Run, ch: ClickHouse) -
     flagged = {r[0] for r in ch.query("SELECT root_id FROM ripple.chains FINAL WHERE viral = 1")}
     truth = {root for root, c in run.truth["chains"].items() if c["viral"]}
     supers = {root for root, c in run.truth["chains"].items() if c["class"] == "super"}
-    assert flagged == truth == supers
+    assert flagged == truth != set()
+    assert truth <= supers  # referral rings (injected) may cut a super-critical tree short
     alerts = {r[0] for r in ch.query("SELECT referrer_id FROM ripple.alerts FINAL WHERE rule = 'viral_chain'")}
     assert alerts == flagged
     sizes = dict(ch.query("SELECT root_id, nodes FROM ripple.chains FINAL"))
     assert {r: sizes[r] for r in truth} == {r: run.truth["chains"][r]["nodes"] for r in truth}
 
 
-def test_referral_rings_are_caught_and_earn_nothing(run: Run, ch: ClickHouse) -> None:
-    caught = ch.query(
-        "SELECT order_id, status, reasons, commission_minor FROM ripple.attributions FINAL "
-        "WHERE model = 'last_click' AND status = 'blocked'"
+def test_blocked_orders_equal_the_ground_truth_and_earn_nothing(run: Run, ch: ClickHouse) -> None:
+    blocked = ch.query(
+        "SELECT order_id, reasons, commission_minor FROM ripple.attributions FINAL "
+        "WHERE model = 'last_click' AND status = 'blocked' AND credit > 0"
     )
-    assert {r[0] for r in caught} == set(run.truth["rings"]) != set()
-    assert all(r[2] == ["referral_ring"] and r[3] == 0 for r in caught)
-    alerted = ch.query("SELECT count() FROM ripple.alerts FINAL WHERE rule = 'referral_ring'")[0][0]
-    assert alerted == len(run.truth["rings"])
+    expected = run.truth["blocked_orders"]
+    assert {r[0]: r[1][0] for r in blocked} == expected
+    assert {"self_referral", "referral_ring", "code_leakage"} == set(expected.values())
+    assert set(run.truth["rings"]) <= set(expected)
+    assert all(r[2] == 0 for r in blocked)
+    paid = ch.query(
+        "SELECT order_id, sum(commission_minor) FROM ripple.commission_ledger FINAL "
+        "WHERE kind IN ('commission', 'reversal', 'clawback') GROUP BY order_id"
+    )
+    assert all(minor == 0 for order_id, minor in paid if order_id in expected)
+
+
+def test_every_injected_fraud_is_alerted_and_nothing_else(run: Run, ch: ClickHouse) -> None:
+    rows = ch.query("SELECT rule, evidence FROM ripple.alerts FINAL WHERE rule != 'viral_chain'")
+    alerted = {(rule, json.loads(evidence)["subject"]) for rule, evidence in rows}
+    assert alerted == {(i["rule"], i["subject"]) for i in run.truth["incidents"]}
+    for rule, severity in [("click_flood", "high"), ("bot_click", "warning"), ("code_leakage", "high")]:
+        assert f'ripple_alerts_total{{rule="{rule}",severity="{severity}"}}' in run.worker_metrics
+    assert 'ripple_blocked_touches_total{rule="bot_click"}' in run.worker_metrics
+
+
+def test_flooded_and_bot_clicks_earn_no_credit(run: Run, ch: ClickHouse) -> None:
+    excluded = run.truth["excluded_clicks"]
+    assert set(excluded.values()) == {"bot_click", "click_flood"}
+    credited = {r[0] for r in ch.query("SELECT touch_event_id FROM ripple.attributions FINAL WHERE credit > 0")}
+    assert credited.isdisjoint(excluded)
 
 
 def test_the_page_lists_the_top_chains(run: Run) -> None:

@@ -19,6 +19,9 @@ def identities_of(referrer_id: str) -> list[str]:
     return ["h:jane-card"] if referrer_id == "cr-jane" else []
 
 
+CTX = ref.Context(plan_of, identities_of, "last_click")
+
+
 def row(
     referrer: str,
     rtype: str,
@@ -54,7 +57,7 @@ def row(
 
 
 def credit(state: dict[str, Any], r: dict[str, Any], now: float = 0.0) -> list[ref.Output]:
-    return ref.on_credit(state, r, plan_of, identities_of, "last_click", now)
+    return ref.on_credit(state, r, CTX, now)
 
 
 def by_topic(out: list[ref.Output], topic: str) -> list[dict[str, Any]]:
@@ -71,6 +74,7 @@ def test_a_creator_becomes_a_root_and_its_buyer_gets_a_claim() -> None:
         "generation": 0,
         "ts": T,
         "version": 0,
+        "active": 1,
     }
     claim = by_topic(out, "ripple-lineage")[0]
     assert (claim["node_id"], claim["parent_id"], claim["root_id"], claim["generation"]) == (
@@ -95,7 +99,7 @@ def test_a_customer_parks_its_credits_until_its_own_claim() -> None:
     assert credit(cus1, row("cus-1", "customer", "o2", "cus-2", T + 10), now=100.0) == []  # parked
     node_out = ref.on_claim(cus1, claim)
     assert by_topic(node_out, "chain_nodes")[0]["parent_id"] == "cr-jane"
-    released = ref.release(cus1, plan_of, identities_of, "last_click")
+    released = ref.release(cus1, CTX)
     claim2 = by_topic(released, "ripple-lineage")[0]
     assert (claim2["root_id"], claim2["generation"], claim2["parent_id"]) == ("cr-jane", 2, "cus-1")
     # the parent of cus-1 earns an override on cus-1's referral
@@ -106,8 +110,8 @@ def test_a_customer_parks_its_credits_until_its_own_claim() -> None:
 def test_a_customer_without_a_claim_becomes_a_root_after_the_wait() -> None:
     cus: dict[str, Any] = ref.new_state()
     credit(cus, row("cus-9", "customer", "o3", "cus-10", T), now=100.0)
-    assert ref.release(cus, plan_of, identities_of, "last_click", now_s=100.0 + ref.CLAIM_WAIT_S / 2) == []
-    out = ref.release(cus, plan_of, identities_of, "last_click", now_s=100.0 + ref.CLAIM_WAIT_S)
+    assert ref.release(cus, CTX, now_s=100.0 + ref.CLAIM_WAIT_S / 2) == []
+    out = ref.release(cus, CTX, now_s=100.0 + ref.CLAIM_WAIT_S)
     assert by_topic(out, "chain_nodes")[0]["root_id"] == "cus-9"
     assert "parked" not in cus
 
@@ -146,7 +150,32 @@ def test_an_order_paid_with_an_ancestors_card_is_a_blocked_ring() -> None:
         ["referral_ring"],
         0,
     )
-    assert by_topic(out, "alerts")[0]["rule"] == "referral_ring"
+    assert by_topic(out, "ripple-alerts")[0]["rule"] == "referral_ring"
     assert by_topic(out, "ripple-lineage") == []  # a ring earns no place in the tree
     own = credit(cus1, row("cus-1", "customer", "o3", "cus-3", T + 20, ids=["h:cus-1-card"]))
     assert by_topic(own, "attributions")[0]["reasons"] == ["self_referral"]
+
+
+def test_a_customer_whose_credited_order_lost_its_credit_is_no_node_or_moves_to_its_next_order() -> None:
+    jane: dict[str, Any] = ref.new_state()
+    first = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
+    later = by_topic(credit(jane, row("cr-jane", "creator", "o2", "cus-1", T + 50)), "ripple-lineage")[0]
+    cus: dict[str, Any] = ref.new_state()
+    ref.on_claim(cus, first)
+    ref.on_claim(cus, later)
+    # o1 is restated to nobody (its click was part of a flood): jane's zero row retracts it
+    lost = {**row("cr-jane", "creator", "o1", "cus-1", T, credit=0.0), "version": 3}
+    [retract] = by_topic(credit(jane, lost), "ripple-lineage")
+    assert retract["type"] == "retract"
+    moved = ref.on_claim(cus, retract)
+    assert [(v["node_id"], v["ts"], v["active"]) for v in by_topic(moved, "chain_nodes")] == [("cus-1", T + 50, 1)]
+    # o2 goes too: the customer is a node no more, and leaves its tree
+    lost2 = {**row("cr-jane", "creator", "o2", "cus-1", T + 50, credit=0.0), "version": 3}
+    gone = ref.on_claim(cus, by_topic(credit(jane, lost2), "ripple-lineage")[0])
+    assert [v["active"] for v in by_topic(gone, "chain_nodes")] == [0]
+    assert [v["type"] for v in by_topic(gone, "ripple-chains")] == ["remove"]
+    assert "lin" not in cus
+    # a stale retraction (an older version than the claim it names) changes nothing
+    again = by_topic(credit(jane, {**row("cr-jane", "creator", "o3", "cus-1", T + 60), "version": 5}), "ripple-lineage")
+    ref.on_claim(cus, again[0])
+    assert ref.on_claim(cus, {**retract, "order_id": "o3", "version": 4}) == []

@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.simulate import SimConfig, generate, produce
+from ripple.simulate import SimConfig, generate, parse_inject, produce
 from sinks.clickhouse import ClickHouse
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
+INJECT_ALL = parse_inject("all")
 ENV = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(400 * 86_400_000), "RIPPLE_PARTITIONS": "4"}
 
 
@@ -78,7 +79,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
         worker_args = ("worker", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "w"), "--web-port")
         worker = spawn(*worker_args, str(free_port()), log=base / "worker1.log")
         procs.append(worker)
-        ds = generate(SimConfig(seed=7, start_ms=1_767_225_600_000, views=4000))
+        ds = generate(SimConfig(seed=7, start_ms=1_767_225_600_000, views=4000, inject=INJECT_ALL))
         produce(ds.reference, broker.bootstrap)
         half = len(ds.events) // 2
         produce(ds.events[:half], broker.bootstrap)
@@ -163,4 +164,19 @@ def test_credits_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], str])
             "AND credit > 0 GROUP BY order_id"
         )
     )
-    assert commissions == attributed
+    # orders restated to nobody (a flood verdict) keep a commission entry of 0
+    assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}
+
+
+def test_fraud_verdicts_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], str]) -> None:
+    ch, truth, problem = outcome
+    assert not problem, problem
+    blocked = ch.query(
+        "SELECT order_id, reasons FROM ripple.attributions FINAL "
+        "WHERE model = 'last_click' AND status = 'blocked' AND credit > 0"
+    )
+    assert {o: r[0] for o, r in blocked} == truth["blocked_orders"]
+    rows = ch.query("SELECT rule, evidence FROM ripple.alerts FINAL WHERE rule != 'viral_chain'")
+    assert {(rule, json.loads(e)["subject"]) for rule, e in rows} == {
+        (i["rule"], i["subject"]) for i in truth["incidents"]
+    }
