@@ -386,6 +386,13 @@ def create_app(settings: Settings) -> faust.App:
                         await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
         for referrer_id, rows in outputs.credits.items():
             await send_many(credits_topic, referrer_id, rows, "ripple-credits")
+        now = time.time()
+        for ev in events:
+            if ev.message.topic == "orders":  # Faust timestamps are seconds
+                metrics.attribution_latency.labels("arrival").observe(max(0.0, now - ev.message.timestamp))
+        for topic, _, event in decoded:
+            if topic == "orders":
+                metrics.attribution_latency.labels("event").observe(max(0.0, now - event["ts"] / 1000))
         for key, clicks in outputs.by_ip.items():
             await send_many(clicks_by_ip_topic, key, clicks, "ripple-clicks")
         await emit(outputs.alerts)
@@ -529,10 +536,9 @@ def create_app(settings: Settings) -> faust.App:
             touched[key] = (msg.partition, state)
             for one in item if isinstance(item, list) else [item]:
                 if msg.topic == "ripple-lineage":
-                    await emit(referrer_logic.on_claim(state, one))
-                    await emit(referrer_logic.release(state, ctx))
+                    await emit(referrer_logic.on_claim(state, one, time.time()))
                 else:
-                    await emit(referrer_logic.on_credit(state, one, ctx, time.time()))
+                    await emit(referrer_logic.on_credit(state, one, ctx, time.time(), settled.before))
             if "parked" in state:
                 parked[key] = msg.partition
         for key, (partition, state) in touched.items():
@@ -543,13 +549,48 @@ def create_app(settings: Settings) -> faust.App:
     # where a claim can still be on its way from: inputs, verdicts that restate, credits, claims
     upstream = {*COPARTITIONED_TOPICS, "ripple-clicks", "ripple-blocks", "ripple-credits", "ripple-lineage"}
 
-    async def upstream_caught_up() -> bool:
-        """Nothing a claim could still be travelling through is waiting in this worker."""
-        tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
-        if not tps:
-            return True
-        highs = await app.consumer.highwaters(*tps)
-        return all(processed.get((tp.topic, tp.partition), -1) + 1 >= high for tp, high in highs.items())
+    class Settled:
+        """The time up to which everything a claim can travel through has been read.
+
+        A round starts at time S: note the end offsets of every upstream partition of this
+        worker; it completes once all of them are processed. Then whatever was in the
+        topics at S is processed — but what that produced (a credit, then a claim) may
+        still be on its way, one hop per round, and a record sent just before S may still
+        have been in the producer's buffer, or not yet seen by the fetcher. So the settled
+        time is the start of the round completed ``HOPS - 1`` rounds ago: input → (click by
+        ip → flood verdict → visitor) → credit → claim is at most five hops, plus one for
+        the buffer and one for the fetcher."""
+
+        HOPS = 7
+
+        def __init__(self) -> None:
+            self.before = 0.0
+            self.starts: list[float] = []
+            self.round: tuple[float, dict[Any, int]] | None = None
+
+        async def advance(self) -> bool:
+            if self.round is None:
+                started = time.time()
+                tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
+                # the end offsets the fetcher saw last (asking the broker takes a second on
+                # the embedded one); a partition not fetched yet is asked for
+                highs = {tp: app.consumer.highwater(tp) for tp in tps}
+                unknown = [tp for tp, high in highs.items() if high is None]
+                if unknown:
+                    highs.update(await app.consumer.highwaters(*unknown))
+                self.round = (started, highs)
+            started, highs = self.round
+            if any(processed.get((tp.topic, tp.partition), -1) + 1 < high for tp, high in highs.items()):
+                return False
+            self.round = None
+            self.starts = [*self.starts, started][-self.HOPS :]
+            if len(self.starts) == self.HOPS and self.starts[0] > self.before:
+                self.before = self.starts[0]
+                return True
+            return False
+
+    settled = Settled()
+    claims_sent_at = 0.0  # when released credits last sent claims
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
     async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
@@ -558,7 +599,7 @@ def create_app(settings: Settings) -> faust.App:
         parked_loaded = False
         pending_loaded.clear()
 
-    @app.timer(1.0)
+    @app.timer(0.25)
     async def release_parked() -> None:
         nonlocal parked_loaded
         if not parked_loaded:  # after a start: find parked credits in the recovered table
@@ -566,20 +607,37 @@ def create_app(settings: Settings) -> faust.App:
             for key, state in list(referrer_state.data.items()):
                 if isinstance(state, dict) and "parked" in state:
                     parked.setdefault(key.decode(), -1)
-        if not parked or not await upstream_caught_up():
-            return  # a customer becomes a root only once its own claim cannot be on its way
+        if not await settled.advance() or not parked:
+            return  # a customer's place is settled only once no claim can be on its way
+        nonlocal claims_sent_at
         now = time.time()
-        for key, partition in list(parked.items()):
-            state = referrer_state.data.get(key.encode())
+        sent_claims = False
+        # customers with a place first: booking their credits sends claims to their friends,
+        # so one without a place may become a root only once those claims have arrived, and
+        # only when no credit still parked elsewhere would make it someone's friend
+        states = {key: referrer_state.data.get(key.encode()) for key in parked}
+        befriended = {
+            row.get("customer_id")
+            for state in states.values()
+            if isinstance(state, dict) and "parked" in state
+            for row in state["parked"]["rows"]
+        }
+        for key, partition in sorted(parked.items(), key=lambda kv: "lin" not in (states[kv[0]] or {})):
+            state = states[key]
             if state is None or "parked" not in state:
                 parked.pop(key, None)
                 continue
-            outputs = referrer_logic.release(state, ctx, now)
+            if "lin" not in state and (sent_claims or settled.before <= claims_sent_at or key in befriended):
+                continue
+            outputs = referrer_logic.release(state, ctx, settled.before)
             if outputs or "parked" not in state:
+                sent_claims = sent_claims or any(topic == "ripple-lineage" for topic, _, _ in outputs)
                 await emit(outputs)
                 parked.pop(key, None)
                 p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)
                 table_put(referrer_state, p, key, state)
+        if sent_claims:
+            claims_sent_at = now
 
     # -- chains: node and revenue updates per root -> chains rows, viral alerts ---------
     @app.agent(chains_topic, name="chains")
@@ -591,6 +649,7 @@ def create_app(settings: Settings) -> faust.App:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         for ev in events:
             msg = ev.message
+            processed[(msg.topic, msg.partition)] = msg.offset
             item = orjson.loads(msg.value)
             root = msg.key.decode()
             chain = held(touched, chain_state, root)
@@ -630,6 +689,7 @@ def create_app(settings: Settings) -> faust.App:
         facts = [e for e in events if e.message.topic != "refunds"]
         items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds) if refunds else []
         for e in facts:
+            processed[(e.message.topic, e.message.partition)] = e.message.offset
             value = orjson.loads(e.message.value)
             items += [
                 ("ripple-commissions", e.message.partition, v) for v in (value if isinstance(value, list) else [value])
@@ -696,6 +756,31 @@ def create_app(settings: Settings) -> faust.App:
     async def reference_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             await guarded(decode_batch, events)
+
+    @app.timer(5.0)
+    async def sample_gauges() -> None:
+        """Lag on this worker's partitions and the size of its state, for /metrics."""
+        for name, table in (
+            ("visitor_state", visitor_state),
+            ("referrer_state", referrer_state),
+            ("order_state", order_state),
+            ("chain_state", chain_state),
+            ("flood_state", flood_state),
+            ("alert_state", alert_state),
+        ):
+            metrics.state_keys.labels(name).set(len(table.data))
+        tps = [tp for tp in app.consumer.assignment() if not tp.topic.endswith("-changelog")]
+        if not tps:
+            return
+        lag: dict[str, int] = {}
+        committed = getattr(app.consumer, "_committed_offset", {})
+        for tp, high in (await app.consumer.highwaters(*tps)).items():
+            done = processed.get((tp.topic, tp.partition))
+            # before this worker has read from a partition: its group's committed offset
+            behind = max(0, high - (done + 1 if done is not None else committed.get(tp) or 0))
+            lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        for topic, behind in lag.items():
+            metrics.consumer_lag.labels(topic).set(behind)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

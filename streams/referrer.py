@@ -15,6 +15,7 @@ so leakage, refund rate and conversion spikes are decided here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,36 +50,43 @@ def alert(
     return ("ripple-alerts", f"{rule}:{subject}", cand)
 
 
-#: how long (wall clock) a customer's referral credits wait for the customer's own claim
-#: before the customer starts a tree of its own
-CLAIM_WAIT_S = 3.0
-
-
-def on_credit(state: dict[str, Any], row: dict[str, Any], ctx: Context, now_s: float = 0.0) -> list[Output]:
+def on_credit(
+    state: dict[str, Any], row: dict[str, Any], ctx: Context, now_s: float = 0.0, settled_before: float = math.inf
+) -> list[Output]:
     """One item for the referrer whose state this is: a credit row (any model) or a note.
 
-    A customer is a referrer before it is a node only when it really referred someone
-    before its own first credited order. Its claim travels one hop more than its friends'
-    orders, so a customer without a place parks its credits until the claim arrives, or
-    ``CLAIM_WAIT_S`` passes and it becomes a root.
+    A customer refers as a node of a tree, and its place comes from a claim that travels
+    one hop more than its friends' orders and may still move (a restatement of the order
+    that placed it). So a customer's credits wait ("park") until its place is *settled*:
+    placed before ``settled_before``, the time up to which the worker has read everything a
+    claim could travel through. Then they are booked; a customer still without a place
+    then starts a tree of its own.
     """
     kind = row.get("type")
     if kind == "redemption":
         return on_redemption(state, row, ctx)
     if kind == "refund":
         return on_refund(state, row, ctx)
-    if state.get("lin") is None and row["referrer_type"] == "customer":
-        parked = state.setdefault("parked", {"until": now_s + CLAIM_WAIT_S, "rows": []})
+    if row["referrer_type"] == "customer" and _unsettled(state, settled_before):
+        parked = state.setdefault("parked", {"since": now_s, "rows": []})
         parked["rows"].append(row)
         return []
     return _credit(state, row, ctx)
 
 
-def release(state: dict[str, Any], ctx: Context, now_s: float | None = None) -> list[Output]:
-    """Credit the parked rows once the customer has a place, or its wait is over."""
+def _unsettled(state: dict[str, Any], settled_before: float) -> bool:
+    lin = state.get("lin")
+    return "parked" in state or lin is None or float(lin.get("placed", 0.0)) >= settled_before
+
+
+def release(state: dict[str, Any], ctx: Context, settled_before: float = math.inf) -> list[Output]:
+    """Book the parked credits once the customer's place (or its lack of one) is settled."""
     parked = state.get("parked")
-    if parked is None or (state.get("lin") is None and now_s is not None and now_s < parked["until"]):
+    if parked is None or float(parked.get("since", 0.0)) >= settled_before:
         return []
+    lin = state.get("lin")
+    if lin is not None and float(lin.get("placed", 0.0)) >= settled_before:
+        return []  # it moved since: wait for the next settled time
     del state["parked"]
     out: list[Output] = []
     for row in parked["rows"]:
@@ -242,15 +250,17 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
     return out
 
 
-def on_claim(state: dict[str, Any], claim: dict[str, Any]) -> list[Output]:
+def on_claim(state: dict[str, Any], claim: dict[str, Any], now_s: float = 0.0) -> list[Output]:
     """A claim to make this customer a node (or move it to an earlier parent), or the
-    retraction of one whose order lost its credit."""
+    retraction of one whose order lost its credit. ``now_s``: when it was placed."""
     if claim.get("type") == "retract":
         node, previous = lineage.retract_claim(state, claim)
     else:
         node, previous = lineage.apply_claim(state, claim)
     if node is None:
         return []
+    if "lin" in state:
+        state["lin"]["placed"] = now_s
     version = comm.next_seq(state)
     out: list[Output] = [("chain_nodes", node["node_id"], {**node, "version": version})]
     if previous is not None:

@@ -107,11 +107,11 @@ def test_a_customer_parks_its_credits_until_its_own_claim() -> None:
     assert [(o["referrer_id"], o["rate"]) for o in overrides] == [("cr-jane", 0.05)]
 
 
-def test_a_customer_without_a_claim_becomes_a_root_after_the_wait() -> None:
+def test_a_customer_without_a_claim_becomes_a_root_once_settled() -> None:
     cus: dict[str, Any] = ref.new_state()
     credit(cus, row("cus-9", "customer", "o3", "cus-10", T), now=100.0)
-    assert ref.release(cus, CTX, now_s=100.0 + ref.CLAIM_WAIT_S / 2) == []
-    out = ref.release(cus, CTX, now_s=100.0 + ref.CLAIM_WAIT_S)
+    assert ref.release(cus, CTX, settled_before=100.0) == []  # a claim may still be on its way
+    out = ref.release(cus, CTX, settled_before=100.5)
     assert by_topic(out, "chain_nodes")[0]["root_id"] == "cus-9"
     assert "parked" not in cus
 
@@ -179,3 +179,21 @@ def test_a_customer_whose_credited_order_lost_its_credit_is_no_node_or_moves_to_
     again = by_topic(credit(jane, {**row("cr-jane", "creator", "o3", "cus-1", T + 60), "version": 5}), "ripple-lineage")
     ref.on_claim(cus, again[0])
     assert ref.on_claim(cus, {**retract, "order_id": "o3", "version": 4}) == []
+
+
+def test_a_customers_credits_wait_until_its_place_is_settled() -> None:
+    jane: dict[str, Any] = ref.new_state()
+    leo: dict[str, Any] = ref.new_state()
+    first = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
+    cus: dict[str, Any] = ref.new_state()
+    ref.on_claim(cus, first, now_s=10.0)
+    # cus-1 refers a friend at 11 s, but its place (from 10 s) is not settled before 10 s
+    assert ref.on_credit(cus, row("cus-1", "customer", "o2", "cus-2", T + 10), CTX, 11.0, settled_before=9.0) == []
+    # o1 is restated to leo: its claim moves cus-1 while the friend's credit waits
+    moved_claim = by_topic(credit(leo, {**row("cr-leo", "creator", "o1", "cus-1", T), "version": 3}), "ripple-lineage")
+    moved = ref.on_claim(cus, moved_claim[0], now_s=12.0)
+    assert by_topic(moved, "chain_nodes")[0]["parent_id"] == "cr-leo"
+    assert ref.release(cus, CTX, settled_before=11.5) == []  # moved at 12 s: not settled yet
+    out = ref.release(cus, CTX, settled_before=12.5)
+    claim2 = by_topic(out, "ripple-lineage")[0]
+    assert (claim2["root_id"], claim2["generation"], claim2["parent_id"]) == ("cr-leo", 2, "cus-1")
