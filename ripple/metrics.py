@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -36,6 +36,20 @@ class WorkerMetrics(_Metrics):
         self.blocked_touches = Counter(
             "ripple_blocked_touches_total", "Clicks denied credit by a fraud rule", ["rule"], registry=r
         )
+        self.attribution_latency = Histogram(
+            "ripple_attribution_latency_seconds",
+            "From an order's arrival in Kafka (clock=arrival) or its event time (clock=event) to its "
+            "attribution rows being sent",
+            ["clock"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86_400),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "ripple_consumer_lag", "Messages not yet processed on this worker's partitions", ["topic"], registry=r
+        )
+        self.state_keys = Gauge(
+            "ripple_state_keys", "Keys held in each state table on this worker", ["table"], registry=r
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",
@@ -57,3 +71,15 @@ class SinkMetrics(_Metrics):
             registry=r,
         )
         self.failures = Counter("ripple_sink_failures_total", "Failed ClickHouse inserts", registry=r)
+        self.batch_rows = Histogram(
+            "ripple_sink_batch_rows",
+            "Rows in one ClickHouse insert",
+            buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000),
+            registry=r,
+        )
+        self.backpressure = Gauge(
+            "ripple_sink_backpressure",
+            "1 while ClickHouse inserts fail and the sink stops consuming until they succeed",
+            registry=r,
+        )
+        self.pending_rows = Gauge("ripple_sink_pending_rows", "Rows read but not yet written", registry=r)

@@ -96,7 +96,9 @@ class SinkService:
     async def start(self) -> None:
         self.thread.start()
         if self.web_port is not None:
-            app = build_app(self.ch, self.metrics, self.sink.status, self.monitor, self.pipeline)
+            app = build_app(
+                self.ch, self.metrics, self.sink.status, self.monitor, self.pipeline, lambda: dict(self.sink.written)
+            )
             self.runner = await serve(app, self.settings.web_host, self.web_port)
 
     async def stop(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 
+from ripple import dashboard
 from ripple.config import INPUT_TOPICS
 from ripple.metrics import SinkMetrics
 from sinks.clickhouse import ClickHouse
@@ -111,6 +112,7 @@ def build_app(
     sink_status: Callable[[], dict[str, Any]],
     monitor: OffsetMonitor | None,
     pipeline: list[OffsetMonitor] | None = None,
+    sink_written: Callable[[], dict[str, int]] = dict,
 ) -> web.Application:
     app = web.Application()
     loop_run = asyncio.get_running_loop
@@ -157,6 +159,27 @@ def build_app(
         rows = await blocking(ch.query_dicts, CHAINS_SQL, {"limit": limit})
         return web.json_response(rows)
 
+    async def view(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        model = request.query.get("model", "last_click")
+        try:
+            body: dict[str, Any] = await blocking(dashboard.query_view, ch, name, model)
+        except dashboard.UnknownView:
+            raise web.HTTPNotFound(text=f"no view {name!r}; views: {', '.join(dashboard.VIEWS)}") from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        if name == "pipeline":
+            body["sink"] = [{"table": t, "rows": n} for t, n in sorted(sink_written().items())]
+            if monitor is not None:
+                try:
+                    lags = await blocking(monitor.lag)
+                    for extra in pipeline or ():
+                        lags.update(await blocking(extra.lag))
+                    body["lag"] = [{"topic": t, "lag": v["lag"]} for t, v in sorted(lags.items())]
+                except Exception as exc:  # the broker may be gone while stopping
+                    body["lag_error"] = str(exc)
+        return web.json_response(body)
+
     async def totals(_: web.Request) -> web.Response:
         rows = await blocking(ch.query_dicts, TOTALS_SQL)
         return web.json_response(rows[0] if rows else {})
@@ -167,6 +190,7 @@ def build_app(
     app.router.add_get("/api/leaderboard", leaderboard)
     app.router.add_get("/api/totals", totals)
     app.router.add_get("/api/chains", top_chains)
+    app.router.add_get("/api/view/{name}", view)
     return app
 
 

@@ -28,3 +28,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extra}"
   touch "$stamp"
 fi
+# The tests run the real tools: promtool (Prometheus rules), amtool (Alertmanager routing)
+# and headless Chromium (the built-in dashboard). Debian packages them.
+if [ "${1:-}" = "--dev" ]; then
+  missing=""
+  command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+  command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing Debian packages:$missing" >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+      echo "the tests need Debian packages:$missing (apt-get install$missing)" >&2
+      exit 2
+    fi
+  fi
+fi

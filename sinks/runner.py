@@ -60,6 +60,7 @@ class Sink:
         buf = self.buffers.setdefault(table, (columns, []))
         buf[1].extend(rows)
         self.buffered_rows += len(rows)
+        self.metrics.pending_rows.set(self.buffered_rows)
 
     def flush(self) -> None:
         """Write every buffer, then commit. Raises :class:`ClickHouseUnavailable`."""
@@ -72,11 +73,13 @@ class Sink:
                 self.metrics.failures.inc()
                 raise
             self.metrics.insert_seconds.observe(seconds)
+            self.metrics.batch_rows.observe(len(rows))
             self.metrics.rows.labels(table).inc(len(rows))
             self.written[table] += len(rows)
             self.metrics.batches.labels(table).inc()
             del self.buffers[table]
         self.buffered_rows = 0
+        self.metrics.pending_rows.set(0)
         self.last_flush = time.monotonic()
         if self.pending_offsets:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self.pending_offsets.items()]
@@ -131,8 +134,11 @@ class Sink:
         while True:
             try:
                 self.flush()
+                self.metrics.backpressure.set(0)
                 return
             except ClickHouseUnavailable as exc:
+                # nothing is consumed while the insert is retried: the buffer stays bounded
+                self.metrics.backpressure.set(1)
                 log.warning("%s; retrying in %.1f s", exc, backoff)
                 if deadline is not None and time.monotonic() + backoff > deadline:
                     raise
