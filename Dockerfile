@@ -8,6 +8,8 @@ COPY streams streams
 COPY sinks sinks
 COPY schemas schemas
 COPY deploy/clickhouse deploy/clickhouse
+# fraud thresholds and lists: every command loads them at start (streams/fraud.py)
+COPY deploy/fraud deploy/fraud
 # editable: schemas/ and deploy/ are read from beside the packages
 RUN pip install --no-cache-dir -e . && useradd --system --uid 10001 ripple && mkdir /data && chown ripple /data
 USER ripple
