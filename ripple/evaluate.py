@@ -194,16 +194,18 @@ def run(
     say(f"simulated {len(sims)} programs, {events} events")
     with tempfile.TemporaryDirectory(prefix="ripple-evaluate-") as tmp:
         data = data_dir or Path(tmp) / "data"
-        _run_stack(data, sims, say, scenario.rate)
+        run_stack(data, sims, say, scenario.rate)
         report = score(data, sims, scenario)
     report.events = events
     report.seconds = time.monotonic() - started
     return report
 
 
-def _run_stack(
+def run_stack(
     data: Path, sims: list[tuple[SimConfig, bool, Any]], say: Callable[[str], None], rate: float = 0.0
 ) -> None:
+    """Start ``ripple up`` on ``data``, send every program, wait until all of it is in
+    ClickHouse, stop. The chDB files under ``data / "clickhouse"`` are then free to open."""
     env = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(LATENESS_MS)}
     env.pop("RIPPLE_WEB_PORT", None)
     data.mkdir(parents=True, exist_ok=True)
