@@ -208,7 +208,7 @@ class Up:
         await self._watch()
 
     def _start_demo(self) -> None:
-        from ripple.simulate import SimConfig, demo_stream, produce
+        from ripple.simulate import SimConfig, demo_stream, parse_inject, produce
 
         now_ms = int(time.time() * 1000)
         cfg = SimConfig(
@@ -218,6 +218,8 @@ class Up:
             views=4000,
             run_id=f"demo{now_ms // 1000}",
             creator_prefix="demo",
+            inject=parse_inject("all"),  # one incident of every fraud type per simulated day
+            inject_count=1,
         )
         bootstrap = str(self.settings.bootstrap)
 

@@ -136,6 +136,8 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
     )
     metrics = WorkerMetrics()
+    for rule, severity in fraud.RULE_SEVERITIES:  # every series exists from the start, at 0
+        metrics.alerts.labels(rule, severity)
     rules = fraud.load_config(settings.fraud_rules) if settings.fraud_rules else fraud.load_config()
     reference = ReferenceData()
     reader = ReferenceReader(settings.bootstrap, reference)
@@ -779,6 +781,7 @@ def create_app(settings: Settings) -> faust.App:
             # before this worker has read from a partition: its group's committed offset
             behind = max(0, high - (done + 1 if done is not None else committed.get(tp) or 0))
             lag[tp.topic] = lag.get(tp.topic, 0) + behind
+        metrics.consumer_lag.clear()  # topics moved to another worker leave no stale value
         for topic, behind in lag.items():
             metrics.consumer_lag.labels(topic).set(behind)
 

@@ -143,6 +143,19 @@ def coupon_site(referrer_domain: str | None, cfg: FraudConfig) -> bool:
 
 # -- alerts -------------------------------------------------------------------------------
 SEVERITIES = ("info", "warning", "high", "critical")
+#: the alerts each rule raises
+RULE_SEVERITIES = (
+    ("self_referral", "high"),
+    ("referral_ring", "high"),
+    ("click_injection", "high"),
+    ("click_injection", "warning"),
+    ("click_flood", "high"),
+    ("bot_click", "warning"),
+    ("code_leakage", "high"),
+    ("refund_rate", "warning"),
+    ("conversion_spike", "warning"),
+    ("viral_chain", "info"),
+)
 
 
 def candidate(
