@@ -50,6 +50,12 @@ class WorkerMetrics(_Metrics):
         self.state_keys = Gauge(
             "ripple_state_keys", "Keys held in each state table on this worker", ["table"], registry=r
         )
+        self.state_bytes = Gauge(
+            "ripple_state_bytes",
+            "Bytes of state (JSON-encoded values) in each state table on this worker, estimated from a sample",
+            ["table"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",
@@ -83,3 +89,10 @@ class SinkMetrics(_Metrics):
             registry=r,
         )
         self.pending_rows = Gauge("ripple_sink_pending_rows", "Rows read but not yet written", registry=r)
+        self.visible_latency = Histogram(
+            "ripple_sink_visible_seconds",
+            "From an attribution row's event time to the row being queryable in ClickHouse "
+            "(the order's arrival latency when events are sent as they happen)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )

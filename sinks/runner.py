@@ -27,6 +27,11 @@ SINK_GROUP = "ripple-sink"
 SINK_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
 
 
+def _epoch_ms(ts: Any) -> float:
+    """A row's ``ts``: epoch milliseconds, or a datetime once converted for the insert."""
+    return float(ts.timestamp() * 1000) if hasattr(ts, "timestamp") else float(ts)
+
+
 class Sink:
     def __init__(self, settings: Settings, clickhouse: ClickHouse, metrics: SinkMetrics | None = None) -> None:
         self.settings = settings
@@ -74,6 +79,11 @@ class Sink:
                 raise
             self.metrics.insert_seconds.observe(seconds)
             self.metrics.batch_rows.observe(len(rows))
+            if table == "attributions":
+                now_ms = time.time() * 1000
+                ts_at = columns.index("ts")
+                for row in rows[:: max(1, len(rows) // 1000)]:  # a sample: at most ~1000 per insert
+                    self.metrics.visible_latency.observe(max(0.0, (now_ms - _epoch_ms(row[ts_at])) / 1000))
             self.metrics.rows.labels(table).inc(len(rows))
             self.written[table] += len(rows)
             self.metrics.batches.labels(table).inc()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -771,6 +772,10 @@ def create_app(settings: Settings) -> faust.App:
             ("alert_state", alert_state),
         ):
             metrics.state_keys.labels(name).set(len(table.data))
+            sample = list(itertools.islice(table.data.items(), 500))
+            if sample:
+                size = sum(len(k) + len(orjson.dumps(v)) for k, v in sample) / len(sample)
+                metrics.state_bytes.labels(name).set(round(size * len(table.data)))
         tps = [tp for tp in app.consumer.assignment() if not tp.topic.endswith("-changelog")]
         if not tps:
             return
