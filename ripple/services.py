@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.broker import EmbeddedBroker, create_topics, die_with_parent, free_port
 from ripple.config import INTERNAL_TOPICS, Settings
 from ripple.metrics import SinkMetrics
 from ripple.web import OffsetMonitor, build_app, serve
@@ -194,6 +194,7 @@ class Up:
                 stdout=worker_log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         self.say(f"worker     pid {self.worker.pid}, metrics http://127.0.0.1:{worker_port}/metrics")
         self.service = SinkService(s, s.web_port)
