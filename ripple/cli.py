@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--creators", type=_positive(int), default=30)
     sim.add_argument("--views", type=_positive(int), default=3000, help="content views to simulate")
     sim.add_argument("--rate", type=_positive(float), default=0.0, help="messages per second (0: as fast as possible)")
+    sim.add_argument(
+        "--batch",
+        type=_positive(int),
+        default=1,
+        help="send events as JSON arrays of up to N per topic partition, as a collector does (default 1)",
+    )
     sim.add_argument("--malformed", type=_positive(float), default=0.01, help="share of malformed messages")
     sim.add_argument(
         "--chain-k",
@@ -157,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rate", type=_positive(float), default=3000.0, help="messages per second sent (0: at once)")
     ev.add_argument("--json", type=Path, help="also write the report as JSON here")
     ev.add_argument("--data-dir", type=Path, help="keep the stack's data here (default: a temporary folder)")
+
+    bench = sub.add_parser(
+        "bench",
+        help="the performance contract: end-to-end rate, latency, memory and two baselines on one embedded broker",
+    )
+    bench.add_argument("--quick", action="store_true", help="a small program and short phases (a smoke test)")
+    bench.add_argument("--views", type=_positive(int), help="content views to simulate (default 120000, --quick 6000)")
+    bench.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
+    bench.add_argument(
+        "--json", type=Path, default=Path("bench-results.json"), help="write the figures here (default %(default)s)"
+    )
+    bench.add_argument("--data-dir", type=Path, help="keep logs and data here (default: a temporary folder)")
 
     mig = sub.add_parser("migrate", help="apply deploy/clickhouse DDL")
     mig.add_argument("--clickhouse", help="ClickHouse DSN (env RIPPLE_CLICKHOUSE)")
@@ -303,6 +321,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             ds.events,
             bootstrap,
             rate=args.rate,
+            batch=max(1, args.batch),
             progress=lambda n: print(f"\rsent {n}/{len(ds.events)}", end="", file=sys.stderr),
         )
         dt = time.monotonic() - t0
@@ -337,6 +356,22 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from ripple import bench
+    from ripple.broker import BrokerError
+
+    if args.views is not None and args.views < 1:
+        raise ConfigError("--views must be at least 1")
+    cfg = bench.BenchConfig.make(args.quick, args.views, settings.partitions)
+    try:
+        return bench.run(
+            cfg, args.data_dir, args.json, sys.stdout, lambda line: print(f"bench: {line}", file=sys.stderr)
+        )
+    except (bench.BenchError, BrokerError) as exc:
+        print(f"ripple bench: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.clickhouse import ClickHouse
 
@@ -356,4 +391,5 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "evaluate": cmd_evaluate,
     "migrate": cmd_migrate,
+    "bench": cmd_bench,
 }
