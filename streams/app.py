@@ -565,6 +565,7 @@ def create_app(settings: Settings) -> faust.App:
         the buffer and one for the fetcher."""
 
         HOPS = 7
+        MARGIN_S = 2.0  # > the fetcher's longest wait (Faust asks for 1.5 s) plus the producers' linger
 
         def __init__(self) -> None:
             self.before = 0.0
@@ -573,7 +574,10 @@ def create_app(settings: Settings) -> faust.App:
 
         async def advance(self) -> bool:
             if self.round is None:
-                started = time.time()
+                # end offsets come from the fetcher's last responses, and a record sent a
+                # moment ago may still sit in a producer's buffer: the round vouches only
+                # for what was sent MARGIN_S before it started
+                started = time.time() - self.MARGIN_S
                 tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
                 # the end offsets the fetcher saw last (asking the broker takes a second on
                 # the embedded one); a partition not fetched yet is asked for
