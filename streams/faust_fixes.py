@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
 
 log = logging.getLogger("ripple.worker")
 
-MAX_RESEEKS = 20  # per partition and expected offset, before a gap is accepted as real
+#: how long a partition is read again from the expected offset before a gap is accepted as
+#: real (records of an earlier fetch keep arriving first for a moment after a seek)
+RESEEK_WINDOW_S = 30.0
+RESEEK_INTERVAL_S = 0.2
 
 
 def install(compacted_topics: tuple[str, ...]) -> None:
@@ -64,7 +68,7 @@ def install(compacted_topics: tuple[str, ...]) -> None:
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         nxt = expected(self)
-        reseeks: dict[Any, tuple[int, int]] = {}
+        reseeks: dict[Any, tuple[float, int, float]] = {}
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -84,14 +88,24 @@ def install(compacted_topics: tuple[str, ...]) -> None:
                         if offset < want:
                             continue  # already delivered
                         if offset > want:
-                            tries, at = reseeks.get(tp, (0, -1))
-                            tries = tries + 1 if at == want else 1
-                            reseeks[tp] = (tries, want)
-                            if tries <= MAX_RESEEKS:
-                                log.warning(
-                                    "%s: got offset %d, expected %d; reading again from %d", tp, offset, want, want
-                                )
-                                await self.seek(tp, want)
+                            now = time.monotonic()
+                            first, at, last_seek = reseeks.get(tp, (now, -1, 0.0))
+                            if at != want:
+                                first, last_seek = now, 0.0
+                            if now - first < RESEEK_WINDOW_S:
+                                # the rest of an early batch arrives too: seek once per
+                                # interval, not once per record, and keep trying for a while
+                                if now - last_seek >= RESEEK_INTERVAL_S:
+                                    log.warning(
+                                        "%s: got offset %d, expected %d; reading again from %d",
+                                        tp,
+                                        offset,
+                                        want,
+                                        want,
+                                    )
+                                    await self.seek(tp, want)
+                                    last_seek = now
+                                reseeks[tp] = (first, want, last_seek)
                                 continue
                             log.error(
                                 "%s: offsets %d..%d never arrived; going on from %d", tp, want, offset - 1, offset
