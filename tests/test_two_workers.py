@@ -1,0 +1,159 @@
+"""Scale-out: two worker processes and the sink on one embedded broker credit every order
+and pay every commission as a single worker does (the simulator's ground truth): the
+partitions are shared, and every key's state lives with the worker that owns its partition.
+
+Referral chains are not compared: a customer's place settles per worker, so a claim
+travelling through the other worker's partitions is not waited for, and a few customers
+become roots of their own (2 of ~200 nodes in the runs so far; README, Performance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.simulate import SimConfig, generate, produce
+from sinks.clickhouse import ClickHouse
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+ENV = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(400 * 86_400_000), "RIPPLE_PARTITIONS": "4"}
+ENV.pop("RIPPLE_WEB_PORT", None)
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ripple", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV
+        )
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouse, dict[str, Any], list[str]]]:
+    base = tmp_path_factory.mktemp("two")
+    broker = EmbeddedBroker(base / "broker.log")
+    broker.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        create_topics(broker.bootstrap, 4)
+        web = free_port()
+        procs.append(
+            spawn(
+                "sink",
+                "--bootstrap",
+                broker.bootstrap,
+                "--data-dir",
+                str(base / "sink"),
+                "--web-port",
+                str(web),
+                log=base / "sink.log",
+            )
+        )
+        metrics = []
+        for n in (1, 2):
+            port = free_port()
+            metrics.append(f"http://127.0.0.1:{port}/metrics")
+            procs.append(
+                spawn(
+                    "worker",
+                    "--bootstrap",
+                    broker.bootstrap,
+                    "--data-dir",
+                    str(base / f"w{n}"),
+                    "--web-port",
+                    str(port),
+                    log=base / f"worker{n}.log",
+                )
+            )
+        time.sleep(8)  # both in the group before the data comes
+        ds = generate(SimConfig(seed=9, start_ms=1_767_225_600_000, views=3000))
+        produce(ds.reference, broker.bootstrap)
+        produce(ds.events, broker.bootstrap)
+        truth = ds.truth
+        want = sum(1 for v in truth["last_click"].values() if v)
+        deadline = time.monotonic() + 150
+        last: dict[str, Any] = {}
+        quiet = 0
+        while time.monotonic() < deadline:
+            try:
+                t = get(f"http://127.0.0.1:{web}/api/totals")
+                h = get(f"http://127.0.0.1:{web}/healthz")
+            except OSError:
+                time.sleep(1)
+                continue
+            lag = sum(v["lag"] for v in h.get("topics", {}).values()) + sum(
+                v["lag"] for v in h.get("pipeline", {}).values()
+            )
+            last = {**t, "lag": lag}
+            quiet = quiet + 1 if t["attributed"] >= want and lag == 0 else 0
+            if quiet >= 3:
+                break
+            time.sleep(1)
+        time.sleep(3)
+        read = []
+        for url in metrics:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                read.append(
+                    sum(
+                        float(line.rsplit(" ", 1)[1])
+                        for line in resp.read().decode().splitlines()
+                        if line.startswith("ripple_events_in_total{")
+                    )
+                )
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
+        ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
+        yield ch, truth, [json.dumps(last), *map(str, read)]
+        ch.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        broker.stop()
+
+
+def test_both_workers_took_part(outcome: tuple[ClickHouse, dict[str, Any], list[str]]) -> None:
+    _, _, info = outcome
+    assert all(float(n) > 0 for n in info[1:]), info
+
+
+def test_two_workers_credit_every_order_as_the_truth_says(
+    outcome: tuple[ClickHouse, dict[str, Any], list[str]],
+) -> None:
+    ch, truth, info = outcome
+    rows = ch.query(
+        "SELECT order_id, referrer_id FROM ripple.attributions FINAL WHERE model = 'last_click' AND credit > 0"
+    )
+    assert dict(rows) == {o: v["referrer_id"] for o, v in truth["last_click"].items() if v}, info[0]
+    commissions = dict(
+        ch.query(
+            "SELECT order_id, sum(commission_minor) FROM ripple.commission_ledger FINAL WHERE kind = 'commission' "
+            "GROUP BY order_id"
+        )
+    )
+    attributed = dict(
+        ch.query(
+            "SELECT order_id, sum(commission_minor) FROM ripple.attributions FINAL WHERE model = 'last_click' "
+            "AND credit > 0 GROUP BY order_id"
+        )
+    )
+    assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}
