@@ -296,7 +296,7 @@ def create_app(settings: Settings) -> faust.App:
             self.alerts: list[referrer_logic.Output] = []
 
         def credited(self, order: list[Any], result: attr.Result) -> list[dict[str, Any]]:
-            code_owner = reference.resolve(order[attr.O_CODE], order[attr.O_TS]) if order[attr.O_CODE] else None
+            code_owner = result.code_owner
             if code_owner is not None:
                 domain = order[attr.O_DOMAIN] if len(order) > attr.O_DOMAIN else ""
                 self.credits.setdefault(code_owner.referrer_id, []).append(

@@ -172,6 +172,8 @@ class Result:
     injected: tuple[tuple[str, str, int], ...] = ()  # (referrer, click event id, ms before)
     #: whether the visitor touched the code's referrer (an eligible click or view)
     code_touched: bool = False
+    #: the referrer of the order's valid code, if any
+    code_owner: Referrer | None = None
 
 
 def _touch_counts_for(t: list[Any], order_ts: int, w: Windows, ref: ReferenceData) -> bool:
@@ -259,7 +261,7 @@ def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows,
                 "ts": order_ts,
                 "version": version,
             }
-    return Result(credits, conflict, version, tuple(injected), code_touched)
+    return Result(credits, conflict, version, tuple(injected), code_touched, code)
 
 
 def _spread(

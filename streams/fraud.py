@@ -322,7 +322,7 @@ def leak_prune(state: dict[str, Any], now_ms: int, cfg: FraudConfig) -> None:
 
 
 # -- refund rate and conversion spikes: state per referrer ----------------------------------
-# {"o": {order_id: ts}, "r": [refunded order ids], "h": {hour: orders}}
+# {"o": {order_id: ts}, "r": [refunded order ids], "h": {hour: orders}, "t": latest order ts}
 HOUR_MS = 3_600_000
 SPIKE_HISTORY_HOURS = 168
 
@@ -343,14 +343,18 @@ def activity_order(state: dict[str, Any], order_id: str, ts: int, credited: bool
             hours[old] -= 1
             if not hours[old]:
                 del hours[old]
-    latest = max(orders.values(), default=ts)
-    for o in [o for o, t in orders.items() if t <= latest - cfg.refund_window_ms]:
-        del orders[o]
-    oldest_hour = latest // HOUR_MS - SPIKE_HISTORY_HOURS
-    for h in [h for h in hours if int(h) < oldest_hour]:
-        del hours[h]
-    refunded = set(state.get("r", []))
-    state["r"] = sorted(refunded & set(orders)) + sorted(refunded - set(orders))[-1000:]
+    seen = int(state.get("t", 0))
+    latest = max(seen, ts) if credited else seen
+    state["t"] = latest
+    if latest // HOUR_MS != seen // HOUR_MS:
+        # forget what left the windows, at most once per hour of event time: not per order
+        for o in [o for o, t in orders.items() if t <= latest - cfg.refund_window_ms]:
+            del orders[o]
+        oldest_hour = latest // HOUR_MS - SPIKE_HISTORY_HOURS
+        for h in [h for h in hours if int(h) < oldest_hour]:
+            del hours[h]
+        refunded = set(state.get("r", []))
+        state["r"] = sorted(refunded & set(orders)) + sorted(refunded - set(orders))[-1000:]
     return True
 
 

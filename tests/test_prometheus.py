@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from streams.fraud import RULE_SEVERITIES
+
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "deploy" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
@@ -49,17 +51,7 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "ripple_sink_pending_rows": ("Gauge", ()),
 }
 # label values the rules may match on
-FRAUD_RULES = {
-    "self_referral",
-    "referral_ring",
-    "click_injection",
-    "click_flood",
-    "bot_click",
-    "code_leakage",
-    "refund_rate",
-    "conversion_spike",
-    "viral_chain",
-}
+FRAUD_RULES = {rule for rule, _ in RULE_SEVERITIES}
 LABEL_VALUES = {
     "rule": FRAUD_RULES,
     "severity": {"info", "warning", "high", "critical"},

@@ -13,28 +13,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from stack import assert_paid_as_the_truth, get, spawn
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, parse_inject, produce
 from sinks.clickhouse import ClickHouse
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 INJECT_ALL = parse_inject("all")
-ENV = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(400 * 86_400_000), "RIPPLE_PARTITIONS": "4"}
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -47,13 +39,6 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
             pass  # the web server is not up yet
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ripple", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV
-        )
 
 
 @pytest.fixture(scope="module")
@@ -144,28 +129,11 @@ def test_chain_nodes_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], s
 def test_credits_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], str]) -> None:
     ch, truth, problem = outcome
     assert not problem, problem
-    rows = ch.query(
-        "SELECT order_id, referrer_id FROM ripple.attributions FINAL WHERE model = 'last_click' AND credit > 0"
-    )
-    assert dict(rows) == {o: v["referrer_id"] for o, v in truth["last_click"].items() if v}
+    assert_paid_as_the_truth(ch, truth)
     per_order = ch.query(
         "SELECT order_id, sum(credit) FROM ripple.attributions FINAL WHERE model = 'linear' GROUP BY order_id"
     )
     assert all(abs(total - 1) < 1e-9 for _, total in per_order if total > 0)
-    commissions = dict(
-        ch.query(
-            "SELECT order_id, sum(commission_minor) FROM ripple.commission_ledger FINAL WHERE kind = 'commission' "
-            "GROUP BY order_id"
-        )
-    )
-    attributed = dict(
-        ch.query(
-            "SELECT order_id, sum(commission_minor) FROM ripple.attributions FINAL WHERE model = 'last_click' "
-            "AND credit > 0 GROUP BY order_id"
-        )
-    )
-    # orders restated to nobody (a flood verdict) keep a commission entry of 0
-    assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}
 
 
 def test_fraud_verdicts_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], str]) -> None:

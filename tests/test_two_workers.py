@@ -10,38 +10,21 @@ become roots of their own (2 of ~200 nodes in the runs so far; README, Performan
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from stack import assert_paid_as_the_truth, get, spawn
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, produce
 from sinks.clickhouse import ClickHouse
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
-ENV = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(400 * 86_400_000), "RIPPLE_PARTITIONS": "4"}
-ENV.pop("RIPPLE_WEB_PORT", None)
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ripple", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV
-        )
 
 
 @pytest.fixture(scope="module")
@@ -140,20 +123,4 @@ def test_two_workers_credit_every_order_as_the_truth_says(
     outcome: tuple[ClickHouse, dict[str, Any], list[str]],
 ) -> None:
     ch, truth, info = outcome
-    rows = ch.query(
-        "SELECT order_id, referrer_id FROM ripple.attributions FINAL WHERE model = 'last_click' AND credit > 0"
-    )
-    assert dict(rows) == {o: v["referrer_id"] for o, v in truth["last_click"].items() if v}, info[0]
-    commissions = dict(
-        ch.query(
-            "SELECT order_id, sum(commission_minor) FROM ripple.commission_ledger FINAL WHERE kind = 'commission' "
-            "GROUP BY order_id"
-        )
-    )
-    attributed = dict(
-        ch.query(
-            "SELECT order_id, sum(commission_minor) FROM ripple.attributions FINAL WHERE model = 'last_click' "
-            "AND credit > 0 GROUP BY order_id"
-        )
-    )
-    assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}
+    assert_paid_as_the_truth(ch, truth, info[0])
