@@ -13,7 +13,8 @@ one phase after the other so that they do not share the CPUs:
    backlog; from the worker's first event to every topic read to its end and the
    attributions in ClickHouse; then the worker's peak RSS and state per visitor, and the
    sink's insert rate;
-5. latency — live clicks and orders at half the end-to-end rate; the sink's histogram of
+5. latency — live views, clicks and orders in the program's mix at half the end-to-end
+   rate; the sink's histogram of
    the time from an attribution row's event time to it being queryable gives p50 and p99
    (bucket resolution);
 6. chDB inserts — attribution rows through ``sinks.clickhouse.ClickHouse.insert``, in this
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -79,11 +81,17 @@ class BenchConfig:
     seed: int = 1
     days: float = 14.0
     inject_count: int = 2
+    profile: Path | None = None  # py-spy profiles of the worker and the sink go here
+    input_batch: int = 1  # events per input message (> 1: JSON arrays per partition, as the collector sends)
 
     @classmethod
-    def make(cls, quick: bool, views: int | None, partitions: int) -> BenchConfig:
+    def make(
+        cls, quick: bool, views: int | None, partitions: int, profile: Path | None = None, input_batch: int = 1
+    ) -> BenchConfig:
         return cls(
             quick=quick,
+            profile=profile,
+            input_batch=input_batch,
             views=views if views is not None else QUICK_VIEWS if quick else FULL_VIEWS,
             partitions=partitions,
             latency_seconds=5.0 if quick else 20.0,
@@ -102,6 +110,7 @@ class Figures:
     faust_seconds: float = 0.0
     ripple_seconds: float = 0.0
     ripple_startup_seconds: float = 0.0  # from starting the processes to the worker's first event
+    ripple_inputs_seconds: float = 0.0  # from the worker's first event to every input topic read
     worker_peak_rss_bytes: int | None = None
     state_keys: float = 0.0
     state_bytes: float = 0.0
@@ -254,6 +263,63 @@ class Child:
             self.proc.wait()
 
 
+class Profiler:
+    """``py-spy record`` attached to a running process; collapsed stacks, one line per stack."""
+
+    def __init__(self, pid: int, out: Path, log: Path) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(exe).exists():
+            raise BenchError("--profile needs py-spy: pip install py-spy (it is in the [dev] extra)")
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking"]
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen([*argv, "--output", str(out)], stdout=fh, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def hot_spots(collapsed: str, top: int = 15) -> list[tuple[str, float, float]]:
+    """(function, share of samples inside it, share of samples in it as the innermost frame),
+    the ``top`` functions by inclusive share, from py-spy's collapsed stacks."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        for name in set(frames[1:]):  # the first frame is the process or thread
+            inclusive[name] = inclusive.get(name, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return []
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    # the entry points hold every sample: skip frames present in (almost) all of them
+    ranked = [(name, n) for name, n in ranked if n < 0.97 * total][:top]
+    return [(name, n / total, own.get(name, 0) / total) for name, n in ranked]
+
+
+def profile_report(path: Path, title: str, top: int = 15) -> str:
+    try:
+        spots = hot_spots(path.read_text(errors="replace"), top)
+    except OSError:
+        return f"{title}: no profile at {path}"
+    lines = [f"{title} ({path}): share of samples, inclusive / own"]
+    lines += [f"  {inc * 100:5.1f} % {own_ * 100:5.1f} %  {name}" for name, inc, own_ in spots]
+    return "\n".join(lines)
+
+
 # -- the run -------------------------------------------------------------------------
 class Bench:
     def __init__(self, cfg: BenchConfig, data: Path, say: Callable[[str], None]) -> None:
@@ -269,6 +335,8 @@ class Bench:
         self.sink_url = ""
         self.worker_url = ""
         self.slugs: list[str] = []
+        self.creators: list[str] = []
+        self.mix = Mix()
         self.inputs_read = 0.0
 
     def say(self, line: str) -> None:
@@ -318,7 +386,9 @@ class Bench:
         t = time.perf_counter()
         ds = generate(sim)
         self.slugs = _link_slugs(ds)
+        self.creators = sorted({str(m.event["creator_id"]) for m in ds.reference if m.topic == "creators" and m.event})
         events = [m for m in ds.events if m.topic in TOPICS]
+        self.mix = Mix.of(events)
         self.fig.input_events = len(events)
         self.fig.reference_messages = len(ds.reference)
         self.say(f"load: simulated {len(events)} input events in {time.perf_counter() - t:.1f} s")
@@ -327,10 +397,11 @@ class Bench:
         create_topics(self.bootstrap, cfg.partitions)
         t = time.perf_counter()
         produce(ds.reference, self.bootstrap)
-        produce(ds.events, self.bootstrap)
+        produce(ds.events, self.bootstrap, batch=cfg.input_batch)
         self.fig.load_seconds = time.perf_counter() - t
         self.say(
-            f"load: sent {len(ds.reference)} reference messages and {len(events)} events to "
+            f"load: sent {len(ds.reference)} reference messages and {len(events)} events "
+            f"({'one per message' if cfg.input_batch <= 1 else f'in arrays of up to {cfg.input_batch}'}) to "
             f"{self.bootstrap} ({cfg.partitions} partitions) in {self.fig.load_seconds:.1f} s"
         )
 
@@ -428,14 +499,27 @@ class Bench:
         t0 = self._wait_first_event(timeout=120.0)
         self.fig.ripple_startup_seconds = t0 - started
         self.say(f"ripple: first event after {t0 - started:.1f} s; waiting for everything to reach ClickHouse")
-        t1 = self._wait_drained(timeout=900.0 if not self.cfg.quick else 300.0, polls=3)
+        profilers = []
+        if self.cfg.profile is not None:
+            logs = self.data / "logs"
+            for name, child in (("worker", self.worker), ("sink", self.sink)):
+                profilers.append(Profiler(child.pid, self.cfg.profile / f"{name}.txt", logs / f"py-spy-{name}.log"))
+        try:
+            t1 = self._wait_drained(timeout=900.0 if not self.cfg.quick else 300.0, polls=3)
+        finally:
+            for profiler in profilers:
+                profiler.stop()
+        for profiler in profilers:
+            self.say(profile_report(profiler.out, f"profile of the {profiler.out.stem} while draining"))
         self.fig.ripple_seconds = t1 - t0
+        self.fig.ripple_inputs_seconds = self.inputs_read - t0
         sink = scrape(f"{self.sink_url}/metrics")
         self.fig.sink_rows = metric(sink, "ripple_sink_rows_total")
         self.fig.sink_insert_seconds = metric(sink, "ripple_sink_insert_seconds_sum")
         self.fig.attribution_rows = metric(sink, "ripple_sink_rows_total", table="attributions")
         self.say(
-            f"ripple: {self.fig.input_events} events end to end in {self.fig.ripple_seconds:.2f} s; "
+            f"ripple: {self.fig.input_events} events end to end in {self.fig.ripple_seconds:.2f} s (inputs read "
+            f"after {self.fig.ripple_inputs_seconds:.2f} s); "
             f"{self.fig.sink_rows:.0f} rows in ClickHouse ({self.fig.attribution_rows:.0f} attributions)"
         )
         # the worker samples its state every 5 s: read a sample taken after it read the last
@@ -477,6 +561,8 @@ class Bench:
                 health = json.loads(_get(f"{self.sink_url}/healthz"))
                 lags = [*health["topics"].values(), *health["pipeline"].values()]
                 quiet = bool(lags) and all(v["lag"] == 0 for v in lags)
+                # customers' credits wait for their place in a chain: not drained while any do
+                quiet = quiet and metric(scrape(f"{self.worker_url}/metrics"), "ripple_parked_referrers") == 0
                 rows = metric(scrape(f"{self.sink_url}/metrics"), "ripple_sink_rows_total", table="attributions")
                 if all(health["topics"][t]["lag"] == 0 for t in TOPICS):
                     inputs_read = inputs_read or now
@@ -503,8 +589,14 @@ class Bench:
         self.fig.live_rate = rate
         histogram = "ripple_sink_visible_seconds"
         before = buckets(scrape(f"{self.sink_url}/metrics"), histogram)
-        self.say(f"latency: live clicks and orders at {rate:.0f} events/s for {self.cfg.latency_seconds:.0f} s")
-        self.fig.live_orders = _send_live(self.bootstrap, self.slugs, rate, self.cfg.latency_seconds)
+        self.say(
+            f"latency: live views, clicks and orders ({self.mix.views_per_order:.1f} views and "
+            f"{self.mix.clicks_per_order:.1f} clicks per order, as in the program) at {rate:.0f} events/s "
+            f"for {self.cfg.latency_seconds:.0f} s"
+        )
+        self.fig.live_orders = _send_live(
+            self.bootstrap, self.slugs, self.creators or ["bench-creator"], self.mix, rate, self.cfg.latency_seconds
+        )
         self._wait_drained(timeout=300.0, polls=3)
         after = buckets(scrape(f"{self.sink_url}/metrics"), histogram)
         self.fig.latency_samples = (after.get(float("inf"), 0.0)) - before.get(float("inf"), 0.0)
@@ -587,17 +679,62 @@ async def _raw_consume(bootstrap: str, expect: int, timeout: float = 300.0) -> t
         await consumer.stop()
 
 
-def _live_pairs(slugs: list[str]) -> Iterator[tuple[str, bytes, bytes]]:
-    """Endless (visitor, click, order): a fresh visitor clicks a creator's link 61 s before
-    ordering (so the click-injection rule leaves it alone), the order at the current time."""
+@dataclass(frozen=True)
+class Mix:
+    """The program's shares of input events per order, so that the live phase sends the
+    traffic the end-to-end rate was measured on."""
+
+    views_per_order: float = 0.0
+    clicks_per_order: float = 1.0
+
+    @classmethod
+    def of(cls, events: list[Any]) -> Mix:
+        counts = {t: 0 for t in TOPICS}
+        for m in events:
+            counts[m.topic] = counts.get(m.topic, 0) + 1
+        orders = max(1, counts["orders"])
+        return cls(counts["views"] / orders, max(1.0, counts["clicks"] / orders))
+
+
+def _live_events(slugs: list[str], creators: list[str], mix: Mix) -> Iterator[tuple[str, str, bytes]]:
+    """Endless (topic, key, value) in the program's mix: each order's visitor clicked a
+    creator's link 61 s before ordering (so the click-injection rule leaves it alone); other
+    visitors only view content or click. Event times are the current time."""
     run = f"bench{int(time.time())}"
     agents = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
     n = 0
+    views = clicks = 0.0
     while True:
         n += 1
         now = int(time.time() * 1000)
         visitor = f"{run}-vis-{n:07d}"
         customer = f"{run}-cus-{n:07d}"
+        views += mix.views_per_order
+        while views >= 1:
+            views -= 1
+            viewer = f"{run}-viewer-{n:07d}-{int(views * 1000)}"
+            view = {
+                "event_id": f"{run}-v-{n:07d}-{int(views * 1000)}",
+                "ts": now,
+                "creator_id": creators[n % len(creators)],
+                "content_id": f"post-{n % 50}",
+                "visitor_id": viewer,
+                "kind": "video_view",
+            }
+            yield "views", viewer, orjson.dumps(view)
+        clicks += mix.clicks_per_order - 1
+        while clicks >= 1:
+            clicks -= 1
+            browser = f"{run}-browser-{n:07d}-{int(clicks * 1000)}"
+            click = {
+                "event_id": f"{run}-b-{n:07d}-{int(clicks * 1000)}",
+                "ts": now,
+                "visitor_id": browser,
+                "ref": slugs[(n + 1) % len(slugs)],
+                "ip_hash": h(run, "ip", browser),
+                "user_agent": agents,
+            }
+            yield "clicks", browser, orjson.dumps(click)
         click = {
             "event_id": f"{run}-c-{n:07d}",
             "ts": now - 61_000,
@@ -608,6 +745,7 @@ def _live_pairs(slugs: list[str]) -> Iterator[tuple[str, bytes, bytes]]:
             "ip_hash": h(run, "ip", visitor),
             "user_agent": agents,
         }
+        yield "clicks", visitor, orjson.dumps(click)
         order = {
             "event_id": f"{run}-o-{n:07d}",
             "ts": now,
@@ -623,36 +761,35 @@ def _live_pairs(slugs: list[str]) -> Iterator[tuple[str, bytes, bytes]]:
             "ip_hash": h(run, "ip", visitor),
             "items": [{"sku": "SKU-1", "qty": 1, "price_minor": 4999}],
         }
-        yield visitor, orjson.dumps(click), orjson.dumps(order)
+        yield "orders", visitor, orjson.dumps(order)
 
 
-def _send_live(bootstrap: str, slugs: list[str], rate: float, seconds: float) -> int:
-    """Send click and order pairs at ``rate`` events per second for ``seconds``; the orders sent."""
+def _send_live(bootstrap: str, slugs: list[str], creators: list[str], mix: Mix, rate: float, seconds: float) -> int:
+    """Send the program's mix of events at ``rate`` events per second for ``seconds``; the orders sent."""
     from confluent_kafka import Producer
 
     producer = Producer({**producer_config(bootstrap), "linger.ms": 5})
-    pairs = _live_pairs(slugs)
-    sent = 0
+    events = _live_events(slugs, creators, mix)
+    sent = orders = 0
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < seconds:
-        due = int(elapsed * rate / 2) + 1
+        due = int(elapsed * rate) + 1
         while sent < due:
-            visitor, click, order = next(pairs)
-            key = visitor.encode()
-            for topic, value in (("clicks", click), ("orders", order)):
-                while True:
-                    try:
-                        producer.produce(topic, key=key, value=value)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+            topic, key, value = next(events)
+            while True:
+                try:
+                    producer.produce(topic, key=key.encode(), value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
             sent += 1
+            orders += topic == "orders"
         producer.poll(0)
         time.sleep(0.005)
     remaining = producer.flush(30)
     if remaining:
         raise BenchError(f"latency: {remaining} live messages were not delivered")
-    return sent
+    return orders
 
 
 def _attribution_rows(n: int) -> Iterator[tuple[Any, ...]]:
@@ -707,7 +844,8 @@ def table(cfg: BenchConfig, fig: Figures) -> str:
     py = ".".join(platform.python_version_tuple()[:2])
     header = (
         f"ripple bench ({mode}) — {_num(fig.input_events)} input events, {cfg.partitions} partitions, "
-        f"1 worker process, Python {py}, {os.cpu_count()} CPUs"
+        f"1 worker process, Python {py}, {os.cpu_count()} CPUs, "
+        f"{'one event per message' if cfg.input_batch <= 1 else f'input in arrays of up to {cfg.input_batch} events'}"
     )
     rss = fig.worker_peak_rss_bytes / 2**20 if fig.worker_peak_rss_bytes else None
     p50, p99 = fig.latency_p50, fig.latency_p99
@@ -757,7 +895,12 @@ def to_json(cfg: BenchConfig, fig: Figures) -> dict[str, Any]:
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "config": {**asdict(cfg), "worker_processes": 1, "input_events": fig.input_events},
+        "config": {
+            **asdict(cfg),
+            "profile": str(cfg.profile) if cfg.profile else None,
+            "worker_processes": 1,
+            "input_events": fig.input_events,
+        },
         "figures": {
             "raw_consume_decode": fmt(fig.raw_rate, "events/s", events=fig.raw_events, seconds=fig.raw_seconds),
             "faust_baseline": fmt(fig.faust_rate, "events/s", events=fig.faust_events, seconds=fig.faust_seconds),
@@ -767,6 +910,7 @@ def to_json(cfg: BenchConfig, fig: Figures) -> dict[str, Any]:
                 events=fig.input_events,
                 seconds=fig.ripple_seconds,
                 startup_seconds=fig.ripple_startup_seconds,
+                inputs_read_seconds=fig.ripple_inputs_seconds,
                 target=TARGET_EVENTS_PER_S,
                 share_of_ceiling=fig.ripple_rate / fig.raw_rate if fig.ripple_rate and fig.raw_rate else None,
                 share_of_faust=fig.ripple_rate / fig.faust_rate if fig.ripple_rate and fig.faust_rate else None,

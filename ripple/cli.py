@@ -40,14 +40,16 @@ def _hostport(value: str) -> str:
     return value
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type, minimum: int = 0) -> Any:
     def parse(value: str) -> Any:
         try:
             v = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{value} must not be negative")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{value} must not be negative" if minimum == 0 else f"{value} must be at least {minimum}"
+            )
         return v
 
     return parse
@@ -175,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, default=Path("bench-results.json"), help="write the figures here (default %(default)s)"
     )
     bench.add_argument("--data-dir", type=Path, help="keep logs and data here (default: a temporary folder)")
+    bench.add_argument(
+        "--input-batch",
+        type=_positive(int, minimum=1),
+        default=1,
+        metavar="N",
+        help="send input events as JSON arrays of up to N per partition, as the collector does (default 1)",
+    )
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the worker and the sink with py-spy while they drain; collapsed stacks go to DIR",
+    )
 
     mig = sub.add_parser("migrate", help="apply deploy/clickhouse DDL")
     mig.add_argument("--clickhouse", help="ClickHouse DSN (env RIPPLE_CLICKHOUSE)")
@@ -362,7 +377,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.views is not None and args.views < 1:
         raise ConfigError("--views must be at least 1")
-    cfg = bench.BenchConfig.make(args.quick, args.views, settings.partitions)
+    cfg = bench.BenchConfig.make(args.quick, args.views, settings.partitions, args.profile, args.input_batch)
     try:
         return bench.run(
             cfg, args.data_dir, args.json, sys.stdout, lambda line: print(f"bench: {line}", file=sys.stderr)

@@ -75,7 +75,7 @@ class Settings:
     worker_batch_ms: int = 50
     # sink batching
     sink_batch_rows: int = 50_000
-    sink_batch_ms: int = 1_000
+    sink_batch_ms: int = 500
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -56,6 +56,11 @@ class WorkerMetrics(_Metrics):
             ["table"],
             registry=r,
         )
+        self.parked = Gauge(
+            "ripple_parked_referrers",
+            "Customers whose referral credits wait until their own place in a chain is settled",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

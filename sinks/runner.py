@@ -120,7 +120,9 @@ class Sink:
 
     def _step(self, batch_s: float, force_flush: bool = False) -> int:
         """Consume one round; flush when due. Returns the number of messages read."""
-        messages = self.consumer.consume(num_messages=10_000, timeout=min(batch_s, 0.5))
+        # consume() waits its whole timeout unless it fills up: never wait past a flush that is due
+        until_due = self.last_flush + batch_s - time.monotonic() if self.pending_offsets else batch_s
+        messages = self.consumer.consume(num_messages=10_000, timeout=max(0.01, min(until_due, 0.5)))
         for msg in messages:
             err = msg.error()
             if err is not None:

@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, Settings
+from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_for
 from streams import attribution as attr
@@ -38,6 +38,31 @@ log = logging.getLogger("ripple.worker")
 
 APP_ID = "ripple"
 STREAM_TIME_KEY = "\x00stream_time"
+#: an outgoing message holds records up to about this many bytes (brokers refuse 1 MB by default)
+CHUNK_BYTES = 256 * 1024
+
+
+def _chunks(records: list[tuple[str, bytes]]) -> Iterable[list[tuple[str, bytes]]]:
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
+    for record in records:
+        if chunk and size + len(record[1]) > CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(record)
+        size += len(record[1]) + len(record[0]) + 8
+    if chunk:
+        yield chunk
+
+
+def keyed_records(msg: Any) -> list[tuple[str, Any]]:
+    """The (key, record) pairs of a message of an internal topic: ``[[key, record], ...]``,
+    or one record (or an array of records) of the message's key."""
+    value = orjson.loads(msg.value)
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return [(key, record) for key, record in value]
+    key = msg.key.decode()
+    return [(key, record) for record in (value if isinstance(value, list) else [value])]
 
 
 class ReferenceReader(Service):
@@ -186,14 +211,59 @@ def create_app(settings: Settings) -> faust.App:
     flood_state = state_table("flood_state")
     alert_state = state_table("alert_state")
 
-    async def send_many(topic: faust.TopicT, key: str, values: list[dict[str, Any]], name: str) -> None:
-        """One message for several records of the same key: Faust's cost is per message."""
-        await topic.send(key=key.encode(), value=orjson.dumps(values if len(values) > 1 else values[0]))
-        metrics.rows_out.labels(name).inc(len(values))
+    topics_by_name = {
+        **out,
+        "ripple-credits": credits_topic,
+        "ripple-commissions": commissions_topic,
+        "ripple-lineage": lineage_topic,
+        "ripple-chains": chains_topic,
+        "ripple-clicks": clicks_by_ip_topic,
+        "ripple-blocks": blocks_topic,
+        "ripple-alerts": alert_candidates_topic,
+    }
+    processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
 
-    async def send(topic: faust.TopicT, key: str, value: dict[str, Any], name: str) -> None:
-        await topic.send(key=key.encode(), value=orjson.dumps(value))
-        metrics.rows_out.labels(name).inc()
+    class Outbox:
+        """What one batch sends, sent when the batch ends: one message per topic and partition.
+
+        Faust's cost is per message, so records are grouped: internal topics (messages
+        between the worker's agents) carry
+        ``[[key, record], ...]`` in the partition of their keys (the partition that holds
+        each key's state downstream), output topics a JSON array of rows (the sink needs no
+        key). The batch's input offsets count as processed only once its outputs are with
+        the producer, which is what :class:`Settled` relies on."""
+
+        def __init__(self) -> None:
+            self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+            self.offsets: dict[tuple[str, int], int] = {}
+
+        def read(self, msg: Any) -> None:
+            self.offsets[(msg.topic, msg.partition)] = msg.offset
+
+        def add(self, topic: str, key: str, value: Any) -> None:
+            partition = partition_for(key.encode(), settings.partitions)
+            self.records.setdefault((topic, partition), []).append((key, orjson.dumps(value)))
+
+        def emit(self, outputs: Iterable[referrer_logic.Output]) -> None:
+            for topic, key, value in outputs:
+                self.add(topic, key, value)
+
+        async def flush(self) -> None:
+            for (name, partition), records in self.records.items():
+                topic = topics_by_name[name]
+                internal = name in INTERNAL_TOPICS
+                for chunk in _chunks(records):
+                    if internal:
+                        parts = [b"[" + orjson.dumps(key) + b"," + value + b"]" for key, value in chunk]
+                        value = b"[" + b",".join(parts) + b"]"
+                        await topic.send(key=chunk[0][0].encode(), value=value, partition=partition)
+                    else:  # the partition of the first row's key: any partition suits the sink
+                        value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
+                        await topic.send(key=chunk[0][0].encode(), value=value)
+                metrics.rows_out.labels(name).inc(len(records))
+            self.records.clear()
+            processed.update(self.offsets)
+            self.offsets.clear()
 
     async def dead_letter(topic: str, partition: int, offset: int, bad: Iterable[Rejected]) -> None:
         for r in bad:
@@ -210,13 +280,11 @@ def create_app(settings: Settings) -> faust.App:
                 ],
             )
 
-    processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
-
-    async def decode_batch(events: list[Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    async def decode_batch(events: list[Any], box: Outbox) -> list[tuple[str, int, dict[str, Any]]]:
         decoded: list[tuple[str, int, dict[str, Any]]] = []
         for ev in events:
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
+            box.read(msg)
             metrics.messages_in.labels(msg.topic).inc()
             good, bad = decode(msg.topic, msg.value, int(msg.timestamp * 1000), settings.max_future_ms)
             if bad:
@@ -226,13 +294,16 @@ def create_app(settings: Settings) -> faust.App:
         return decoded
 
     async def guarded(handler: Any, events: list[Any]) -> None:
-        """Run one batch; on an unexpected error stop the process before anything is acked.
+        """Run one batch and send what it produced; on an unexpected error stop the process
+        before anything is acked.
 
         Faust acks the events of an agent that raises and restarts it, which would lose
         the batch. Exiting instead leaves the batch uncommitted: the restarted worker
         reads it again (every output is idempotent)."""
         try:
-            await handler(events)
+            box = Outbox()
+            await handler(events, box)
+            await box.flush()
         except Exception:
             log.exception("unexpected error in a batch; exiting so it is read again after a restart")
             logging.shutdown()
@@ -324,10 +395,10 @@ def create_app(settings: Settings) -> faust.App:
         evidence = {"order_id": order[attr.O_ID], "click_event_id": click_id}
         return referrer_logic.alert("click_injection", severity, referrer_id, order[attr.O_TS], evidence, referrer_id)
 
-    async def handle_visitor_batch(events: list[Any]) -> None:
+    async def handle_visitor_batch(events: list[Any], box: Outbox) -> None:
         started = time.perf_counter()
         verdicts = [e for e in events if e.message.topic == "ripple-blocks"]
-        decoded = await decode_batch([e for e in events if e.message.topic != "ripple-blocks"])
+        decoded = await decode_batch([e for e in events if e.message.topic != "ripple-blocks"], box)
         # Topics are fetched independently, so a batch mixes them out of event-time order;
         # taking each batch in event time makes restatements (and late events) rarer.
         decoded.sort(key=lambda item: item[2]["ts"])
@@ -344,8 +415,8 @@ def create_app(settings: Settings) -> faust.App:
             st = visitor_clock.get(partition)
             if attr.is_late(event["ts"], st, windows):
                 metrics.late_events.labels(topic).inc()
-                await send(
-                    out["late_events"],
+                box.add(
+                    "late_events",
                     event.get("event_id", ""),
                     {
                         "topic": topic,
@@ -355,7 +426,6 @@ def create_app(settings: Settings) -> faust.App:
                         "lateness_ms": st - event["ts"],
                         "partition": partition,
                     },
-                    "late_events",
                 )
             visitor_clock.advance(partition, event["ts"])
             visitor = event.get("visitor_id")
@@ -371,13 +441,11 @@ def create_app(settings: Settings) -> faust.App:
                 outputs.credited(order, result)
                 conflict = attr.conflict_row(order, result, settings.policy)
                 if conflict is not None:
-                    await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
+                    box.add("conflicts", order[attr.O_ID], conflict)
         for ev in verdicts:  # clicks found to be part of a flood: restate what they touched
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
-            value = orjson.loads(msg.value)
-            for verdict in value if isinstance(value, list) else [value]:
-                visitor = verdict["visitor_id"]
+            box.read(msg)
+            for visitor, verdict in keyed_records(msg):
                 state = held(touched, visitor_state, visitor) or attr.new_state()
                 touched[visitor] = (msg.partition, state)
                 metrics.blocked_touches.labels(verdict["rule"]).inc()
@@ -386,9 +454,10 @@ def create_app(settings: Settings) -> faust.App:
                     outputs.credited(order, result)
                     conflict = attr.conflict_row(order, result, settings.policy)
                     if conflict is not None:
-                        await send(out["conflicts"], order[attr.O_ID], conflict, "conflicts")
+                        box.add("conflicts", order[attr.O_ID], conflict)
         for referrer_id, rows in outputs.credits.items():
-            await send_many(credits_topic, referrer_id, rows, "ripple-credits")
+            for row in rows:
+                box.add("ripple-credits", referrer_id, row)
         now = time.time()
         for ev in events:
             if ev.message.topic == "orders":  # Faust timestamps are seconds
@@ -397,8 +466,9 @@ def create_app(settings: Settings) -> faust.App:
             if topic == "orders":
                 metrics.attribution_latency.labels("event").observe(max(0.0, now - event["ts"] / 1000))
         for key, clicks in outputs.by_ip.items():
-            await send_many(clicks_by_ip_topic, key, clicks, "ripple-clicks")
-        await emit(outputs.alerts)
+            for click in clicks:
+                box.add("ripple-clicks", key, click)
+        box.emit(outputs.alerts)
         for visitor, (partition, state) in touched.items():
             attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
             table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
@@ -437,23 +507,18 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_flood_batch, events)
 
-    async def handle_flood_batch(events: list[Any]) -> None:
+    async def handle_flood_batch(events: list[Any], box: Outbox) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
-        verdicts: dict[str, list[dict[str, Any]]] = {}
-        alerts: list[referrer_logic.Output] = []
         for ev in events:
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
-            key = msg.key.decode()
-            value = orjson.loads(msg.value)
-            state = held(touched, flood_state, key) or {}
-            touched[key] = (msg.partition, state)
-            for click in value if isinstance(value, list) else [value]:
+            box.read(msg)
+            for key, click in keyed_records(msg):
+                state = held(touched, flood_state, key) or {}
+                touched[key] = (msg.partition, state)
                 flooded = fraud.flood_add(state, click["ts"], click["event_id"], click["visitor_id"], rules)
                 for ts, event_id, visitor in flooded:
-                    verdicts.setdefault(visitor, []).append(
-                        {"visitor_id": visitor, "event_id": event_id, "ts": ts, "rule": "click_flood"}
-                    )
+                    verdict = {"visitor_id": visitor, "event_id": event_id, "ts": ts, "rule": "click_flood"}
+                    box.add("ripple-blocks", visitor, verdict)
                 if flooded:
                     evidence = {
                         "ip_hash": click["ip_hash"],
@@ -463,10 +528,7 @@ def create_app(settings: Settings) -> faust.App:
                         "click_event_ids": [c[1] for c in flooded[:20]],
                     }
                     referrer_id = click["referrer_id"]
-                    alerts.append(referrer_logic.alert("click_flood", "high", key, click["ts"], evidence, referrer_id))
-        for visitor, items in verdicts.items():
-            await send_many(blocks_topic, visitor, items, "ripple-blocks")
-        await emit(alerts)
+                    box.emit([referrer_logic.alert("click_flood", "high", key, click["ts"], evidence, referrer_id)])
         for key, (partition, state) in touched.items():
             table_put(flood_state, partition, key, state)
 
@@ -476,39 +538,22 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_alert_batch, events)
 
-    async def handle_alert_batch(events: list[Any]) -> None:
+    async def handle_alert_batch(events: list[Any], box: Outbox) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         for ev in events:
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
-            key = msg.key.decode()
-            value = orjson.loads(msg.value)
-            state = held(touched, alert_state, key) or {}
-            touched[key] = (msg.partition, state)
-            for cand in value if isinstance(value, list) else [value]:
+            box.read(msg)
+            for key, cand in keyed_records(msg):
+                state = held(touched, alert_state, key) or {}
+                touched[key] = (msg.partition, state)
                 row = fraud.admit_alert(state, cand, rules)
                 if row is not None:
                     metrics.alerts.labels(row["rule"], row["severity"]).inc()
-                    await send(out["alerts"], row["alert_id"], row, "alerts")
+                    box.add("alerts", row["alert_id"], row)
         for key, (partition, state) in touched.items():
             table_put(alert_state, partition, key, state)
 
     # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
-    topics_by_name = {
-        **out,
-        "ripple-commissions": commissions_topic,
-        "ripple-lineage": lineage_topic,
-        "ripple-chains": chains_topic,
-        "ripple-alerts": alert_candidates_topic,
-    }
-
-    async def emit(outputs: list[referrer_logic.Output]) -> None:
-        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for topic, key, value in outputs:
-            grouped.setdefault((topic, key), []).append(value)
-        for (topic, key), values in grouped.items():
-            await send_many(topics_by_name[topic], key, values, topic)
-
     def plan_of(referrer_id: str) -> comm.Plan:
         return comm.plan_from(reference.plan(referrer_id))
 
@@ -528,22 +573,21 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_referrer_batch, events)
 
-    async def handle_referrer_batch(events: list[Any]) -> None:
+    async def handle_referrer_batch(events: list[Any], box: Outbox) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        now = time.time()
         for ev in events:
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
-            item = orjson.loads(msg.value)
-            key = msg.key.decode()
-            state = held(touched, referrer_state, key) or referrer_logic.new_state()
-            touched[key] = (msg.partition, state)
-            for one in item if isinstance(item, list) else [item]:
+            box.read(msg)
+            for key, one in keyed_records(msg):
+                state = held(touched, referrer_state, key) or referrer_logic.new_state()
+                touched[key] = (msg.partition, state)
                 if msg.topic == "ripple-lineage":
-                    await emit(referrer_logic.on_claim(state, one, time.time()))
+                    box.emit(referrer_logic.on_claim(state, one, now))
                 else:
-                    await emit(referrer_logic.on_credit(state, one, ctx, time.time(), settled.before))
-            if "parked" in state:
-                parked[key] = msg.partition
+                    box.emit(referrer_logic.on_credit(state, one, ctx, now, settled.before))
+                if "parked" in state:
+                    parked[key] = msg.partition
         for key, (partition, state) in touched.items():
             table_put(referrer_state, partition, key, state)
 
@@ -608,12 +652,18 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(0.05)  # cheap: a round only compares offsets this worker already knows
     async def release_parked() -> None:
+        box = Outbox()
+        await release_settled(box)
+        await box.flush()
+
+    async def release_settled(box: Outbox) -> None:
         nonlocal parked_loaded
         if not parked_loaded:  # after a start: find parked credits in the recovered table
             parked_loaded = True
             for key, state in list(referrer_state.data.items()):
                 if isinstance(state, dict) and "parked" in state:
                     parked.setdefault(key.decode(), -1)
+        metrics.parked.set(len(parked))
         if not await settled.advance() or not parked:
             return  # a customer's place is settled only once no claim can be on its way
         nonlocal claims_sent_at
@@ -639,7 +689,7 @@ def create_app(settings: Settings) -> faust.App:
             outputs = referrer_logic.release(state, ctx, settled.before)
             if outputs or "parked" not in state:
                 sent_claims = sent_claims or any(topic == "ripple-lineage" for topic, _, _ in outputs)
-                await emit(outputs)
+                box.emit(outputs)
                 parked.pop(key, None)
                 p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)
                 table_put(referrer_state, p, key, state)
@@ -652,23 +702,19 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_chain_batch, events)
 
-    async def handle_chain_batch(events: list[Any]) -> None:
+    async def handle_chain_batch(events: list[Any], box: Outbox) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         for ev in events:
             msg = ev.message
-            processed[(msg.topic, msg.partition)] = msg.offset
-            item = orjson.loads(msg.value)
-            root = msg.key.decode()
-            chain = held(touched, chain_state, root)
-            crossed = False
-            for one in item if isinstance(item, list) else [item]:
-                chain, crossed_now = chains.apply(chain, one)
-                crossed = crossed or crossed_now
-            assert chain is not None
-            touched[root] = (msg.partition, chain)
-            if crossed:
+            box.read(msg)
+            for root, one in keyed_records(msg):
+                chain, crossed = chains.apply(held(touched, chain_state, root), one)
+                assert chain is not None
+                touched[root] = (msg.partition, chain)
+                if not crossed:
+                    continue
                 s = chains.summary(chain)
-                await emit(
+                box.emit(
                     [
                         referrer_logic.alert(
                             "viral_chain",
@@ -682,7 +728,7 @@ def create_app(settings: Settings) -> faust.App:
                 )
         for root, (partition, chain) in touched.items():
             chain["seq"] = chain.get("seq", 0) + 1
-            await send(out["chains"], root, {**chains.summary(chain), "version": chain["seq"]}, "chains")
+            box.add("chains", root, {**chains.summary(chain), "version": chain["seq"]})
             table_put(chain_state, partition, root, chain)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
@@ -691,16 +737,13 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(batch, within=within):
             await guarded(handle_ledger_batch, events)
 
-    async def handle_ledger_batch(events: list[Any]) -> None:
+    async def handle_ledger_batch(events: list[Any], box: Outbox) -> None:
         refunds = [e for e in events if e.message.topic == "refunds"]
         facts = [e for e in events if e.message.topic != "refunds"]
-        items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds) if refunds else []
+        items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds, box) if refunds else []
         for e in facts:
-            processed[(e.message.topic, e.message.partition)] = e.message.offset
-            value = orjson.loads(e.message.value)
-            items += [
-                ("ripple-commissions", e.message.partition, v) for v in (value if isinstance(value, list) else [value])
-            ]
+            box.read(e.message)
+            items += [("ripple-commissions", e.message.partition, v) for _, v in keyed_records(e.message)]
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         changed: set[str] = set()
         for topic, partition, item in items:
@@ -725,7 +768,7 @@ def create_app(settings: Settings) -> faust.App:
             partition, ledger = touched[order_id]
             if ledger["c"]:
                 for e in comm.ledger_entries(order_id, ledger):
-                    await send(out["commission_ledger"], e["entry_id"], e, "commission_ledger")
+                    box.add("commission_ledger", e["entry_id"], e)
                 end = comm.hold_end(ledger)
                 if not ledger["approved"] and end is not None:
                     pending.setdefault(partition, {})[order_id] = end
@@ -735,7 +778,7 @@ def create_app(settings: Settings) -> faust.App:
                         referrer_id, _, kind = key.rpartition("|")
                         if kind == "commission" and terms[0] > 0:
                             note = {"type": "refund", "referrer_id": referrer_id, "order_id": order_id}
-                            await send(credits_topic, referrer_id, {**note, "ts": refund_ts}, "ripple-credits")
+                            box.add("ripple-credits", referrer_id, {**note, "ts": refund_ts})
         for order_id, (partition, ledger) in touched.items():
             table_put(order_state, partition, order_id, ledger)
         order_clock.persist(p for p, _ in touched.values())

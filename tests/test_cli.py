@@ -46,6 +46,8 @@ def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["evaluate", "--seeds", "1,1"], {}, "seeds must differ"),
         (["evaluate", "--seeds", "1,2", "--honest-seeds", "2,3"], {}, "must differ"),
         (["evaluate", "--inject", "phishing"], {}, "unknown fraud type"),
+        (["bench", "--input-batch", "0"], {}, "at least 1"),
+        (["bench", "--views", "many"], {}, "not a number"),
         (["up"], {"RIPPLE_FRAUD_RULES": "/nonexistent/rules.json"}, "cannot read"),
         (["worker", "--bootstrap", "127.0.0.1:9"], {"RIPPLE_FRAUD_RULES": "README.md"}, "not JSON"),
         (["nonsense"], {}, "invalid choice"),
