@@ -61,6 +61,11 @@ class WorkerMetrics(_Metrics):
             "Customers whose referral credits wait until their own place in a chain is settled",
             registry=r,
         )
+        self.settled_lag = Gauge(
+            "ripple_settled_lag_seconds",
+            "How far behind the wall clock the time is up to which every claim on its way has been read",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

@@ -73,6 +73,7 @@ class ReferenceReader(Service):
         self.bootstrap = bootstrap
         self.data = data
         self._consumer: AIOKafkaConsumer | None = None
+        self._offsets: AIOKafkaConsumer | None = None  # never fetches: asks for end offsets only
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
         self._ready = asyncio.Event()
@@ -81,6 +82,9 @@ class ReferenceReader(Service):
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
         await self._consumer.start()
         await self._consumer.topics()  # loads metadata for every topic
+        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        await self._offsets.start()
+        await self._offsets.topics()
         parts = []
         for topic in ("codes", "creators"):
             for p in self._consumer.partitions_for_topic(topic) or ():
@@ -91,8 +95,9 @@ class ReferenceReader(Service):
         self._ready.set()
 
     async def on_stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        for consumer in (self._consumer, self._offsets):
+            if consumer is not None:
+                await consumer.stop()
 
     @Service.task
     async def _poll(self) -> None:
@@ -130,6 +135,15 @@ class ReferenceReader(Service):
         ends = await consumer.end_offsets(parts)
         while not await self._reached(ends):
             await self._read_once(0.05)
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        """The broker's end offsets of any partitions, from a client that never fetches: a
+        request waits behind a fetch on the same connection (Faust's consumer, the reader),
+        which the broker holds for up to its maximum wait."""
+        await self._ready.wait()
+        assert self._offsets is not None
+        ends = await self._offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in tps}
 
     async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
@@ -192,16 +206,9 @@ def create_app(settings: Settings) -> faust.App:
             partitions=settings.partitions,
         )
 
-    out = {
-        name: raw_topic(name)
-        for name in ("attributions", "commission_ledger", "conflicts", "late_events", "chain_nodes", "chains", "alerts")
-    }
-    credits_topic = raw_topic("ripple-credits")
-    commissions_topic = raw_topic("ripple-commissions")
-    lineage_topic = raw_topic("ripple-lineage")
+    # every topic exists before the worker starts (`ripple worker` creates what is missing)
     chains_topic = raw_topic("ripple-chains")
     clicks_by_ip_topic = raw_topic("ripple-clicks")
-    blocks_topic = raw_topic("ripple-blocks")
     alert_candidates_topic = raw_topic("ripple-alerts")
     deadletter_topic = raw_topic("deadletter")
     visitor_state = state_table("visitor_state")
@@ -210,17 +217,11 @@ def create_app(settings: Settings) -> faust.App:
     chain_state = state_table("chain_state")
     flood_state = state_table("flood_state")
     alert_state = state_table("alert_state")
-
-    topics_by_name = {
-        **out,
-        "ripple-credits": credits_topic,
-        "ripple-commissions": commissions_topic,
-        "ripple-lineage": lineage_topic,
-        "ripple-chains": chains_topic,
-        "ripple-clicks": clicks_by_ip_topic,
-        "ripple-blocks": blocks_topic,
-        "ripple-alerts": alert_candidates_topic,
+    changelog_names = {
+        id(table): table.changelog_topic.get_topic_name()
+        for table in (visitor_state, referrer_state, order_state, chain_state, flood_state, alert_state)
     }
+
     processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
 
     class Outbox:
@@ -235,6 +236,7 @@ def create_app(settings: Settings) -> faust.App:
 
         def __init__(self) -> None:
             self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+            self.changes: list[tuple[str, int, bytes, bytes]] = []  # changelog topic, partition, key, value
             self.offsets: dict[tuple[str, int], int] = {}
 
         def read(self, msg: Any) -> None:
@@ -248,20 +250,41 @@ def create_app(settings: Settings) -> faust.App:
             for topic, key, value in outputs:
                 self.add(topic, key, value)
 
+        def put(self, table: Any, partition: int, key: str, value: Any) -> None:
+            """Set a key of a state table; its changelog record goes with the batch's outputs.
+
+            An explicit partition: a key's state lives in the changelog partition of the
+            input partition that holds the key, whatever the batch's last event was."""
+            kb = key.encode()
+            if value is None:
+                # No tombstone: the embedded broker hands a null value back as empty bytes,
+                # which the JSON changelog cannot decode on recovery. 0 reads as "no state".
+                if table.data.pop(kb, None):
+                    self.changes.append((changelog_names[id(table)], partition, kb, b"0"))
+            else:
+                table.data[kb] = value
+                self.changes.append((changelog_names[id(table)], partition, kb, orjson.dumps(value)))
+
         async def flush(self) -> None:
+            # Faust's own send path costs a future, a callback and a task switch per message,
+            # and its changelog buffer publishes one message at a time; the producer under it
+            # batches. Faust flushes that producer before it commits offsets.
+            producer = app.producer._producer  # type: ignore[attr-defined]  # the aiokafka producer Faust configured
             for (name, partition), records in self.records.items():
-                topic = topics_by_name[name]
                 internal = name in INTERNAL_TOPICS
                 for chunk in _chunks(records):
+                    key = chunk[0][0].encode()
                     if internal:
-                        parts = [b"[" + orjson.dumps(key) + b"," + value + b"]" for key, value in chunk]
-                        value = b"[" + b",".join(parts) + b"]"
-                        await topic.send(key=chunk[0][0].encode(), value=value, partition=partition)
+                        parts = [b"[" + orjson.dumps(k) + b"," + v + b"]" for k, v in chunk]
+                        await producer.send(name, b"[" + b",".join(parts) + b"]", key=key, partition=partition)
                     else:  # the partition of the first row's key: any partition suits the sink
                         value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
-                        await topic.send(key=chunk[0][0].encode(), value=value)
+                        await producer.send(name, value, key=key)
                 metrics.rows_out.labels(name).inc(len(records))
+            for topic, partition, kb, value in self.changes:
+                await producer.send(topic, value, key=kb, partition=partition)
             self.records.clear()
+            self.changes.clear()
             processed.update(self.offsets)
             self.offsets.clear()
 
@@ -314,19 +337,6 @@ def create_app(settings: Settings) -> faust.App:
         entry = touched.get(key)
         return entry[1] if entry else table.data.get(key.encode()) or None
 
-    def table_put(table: Any, partition: int, key: str, value: Any) -> None:
-        # Explicit partition: a key's state lives in the changelog partition of the input
-        # partition that holds the key, whatever the batch's last event was.
-        kb = key.encode()
-        if value is None:
-            # No tombstone: the embedded broker hands a null value back as empty bytes,
-            # which the JSON changelog cannot decode on recovery. 0 reads as "no state".
-            if table.data.pop(kb, None):
-                table.send_changelog(partition, kb, 0)
-        else:
-            table.data[kb] = value
-            table.send_changelog(partition, kb, value)
-
     class StreamClock:
         """Stream time per partition number, kept in the agent's own table."""
 
@@ -345,9 +355,9 @@ def create_app(settings: Settings) -> faust.App:
         def advance(self, partition: int, ts: int) -> None:
             self.times[partition] = max(self.get(partition), ts)
 
-        def persist(self, partitions: Iterable[int]) -> None:
+        def persist(self, partitions: Iterable[int], box: Outbox) -> None:
             for p in set(partitions):
-                table_put(self.table, p, f"{self.key}:{p}", self.times[p])
+                box.put(self.table, p, f"{self.key}:{p}", self.times[p])
 
     visitor_clock = StreamClock(visitor_state, "visitors")
     order_clock = StreamClock(order_state, "orders")
@@ -471,8 +481,8 @@ def create_app(settings: Settings) -> faust.App:
         box.emit(outputs.alerts)
         for visitor, (partition, state) in touched.items():
             attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
-            table_put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
-        visitor_clock.persist(p for _, p, _ in decoded)
+            box.put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
+        visitor_clock.persist((p for _, p, _ in decoded), box)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def click_checks(event: dict[str, Any], outputs: VisitorOutputs) -> bool:
@@ -530,7 +540,7 @@ def create_app(settings: Settings) -> faust.App:
                     referrer_id = click["referrer_id"]
                     box.emit([referrer_logic.alert("click_flood", "high", key, click["ts"], evidence, referrer_id)])
         for key, (partition, state) in touched.items():
-            table_put(flood_state, partition, key, state)
+            box.put(flood_state, partition, key, state)
 
     # -- alert candidates -> one alert per rule, subject and cool-down period ----------
     @app.agent(alert_candidates_topic, name="alerts")
@@ -551,7 +561,7 @@ def create_app(settings: Settings) -> faust.App:
                     metrics.alerts.labels(row["rule"], row["severity"]).inc()
                     box.add("alerts", row["alert_id"], row)
         for key, (partition, state) in touched.items():
-            table_put(alert_state, partition, key, state)
+            box.put(alert_state, partition, key, state)
 
     # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
     def plan_of(referrer_id: str) -> comm.Plan:
@@ -589,7 +599,7 @@ def create_app(settings: Settings) -> faust.App:
                 if "parked" in state:
                     parked[key] = msg.partition
         for key, (partition, state) in touched.items():
-            table_put(referrer_state, partition, key, state)
+            box.put(referrer_state, partition, key, state)
 
     parked: dict[str, int] = {}  # referrers with credits waiting for their own claim -> partition
     parked_loaded = False
@@ -599,17 +609,19 @@ def create_app(settings: Settings) -> faust.App:
     class Settled:
         """The time up to which everything a claim can travel through has been read.
 
-        A round starts at time S: note the end offsets of every upstream partition of this
-        worker; it completes once all of them are processed. Then whatever was in the
-        topics at S is processed — but what that produced (a credit, then a claim) may
-        still be on its way, one hop per round, and a record sent just before S may still
-        have been in the producer's buffer, or not yet seen by the fetcher. So the settled
-        time is the start of the round completed ``HOPS - 1`` rounds ago: input → (click by
-        ip → flood verdict → visitor) → credit → claim is at most five hops, plus one for
-        the buffer and one for the fetcher."""
+        A round starts at time S: this worker's producer is flushed, so what it sent is in
+        the broker, and the broker's end offsets of every upstream partition of this worker
+        are noted; the round completes once all of them are processed (a batch's offsets
+        count as processed once its outputs are with the producer). Then whatever was in
+        the topics at S is processed — but what that produced (a credit, then a claim) may
+        still be on its way, one hop per round. So the settled time is the start of the
+        round completed ``HOPS - 1`` rounds ago: input → (click by ip → flood verdict →
+        visitor) → credit → claim is at most five hops; two more rounds are a safety margin.
+        A record another process sent just before S may still sit in its producer's buffer:
+        a round vouches only for what was sent ``MARGIN_S`` before it started."""
 
         HOPS = 7
-        MARGIN_S = 2.0  # > the fetcher's longest wait (Faust asks for 1.5 s) plus the producers' linger
+        MARGIN_S = 0.5  # > the linger of the producers writing to upstream topics (collector, simulator: 20 ms)
 
         def __init__(self) -> None:
             self.before = 0.0
@@ -618,17 +630,12 @@ def create_app(settings: Settings) -> faust.App:
 
         async def advance(self) -> bool:
             if self.round is None:
-                # end offsets come from the fetcher's last responses, and a record sent a
-                # moment ago may still sit in a producer's buffer: the round vouches only
-                # for what was sent MARGIN_S before it started
                 started = time.time() - self.MARGIN_S
+                await app.producer.flush()
                 tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
-                # the end offsets the fetcher saw last (asking the broker takes a second on
-                # the embedded one); a partition not fetched yet is asked for
-                highs = {tp: app.consumer.highwater(tp) for tp in tps}
-                unknown = [tp for tp, high in highs.items() if high is None]
-                if unknown:
-                    highs.update(await app.consumer.highwaters(*unknown))
+                # from the broker: the fetcher's last responses can be seconds old while
+                # fetched records wait in its buffer
+                highs = await reader.end_offsets(tps) if tps else {}
                 self.round = (started, highs)
             started, highs = self.round
             if any(processed.get((tp.topic, tp.partition), -1) + 1 < high for tp, high in highs.items()):
@@ -641,7 +648,7 @@ def create_app(settings: Settings) -> faust.App:
             return False
 
     settled = Settled()
-    claims_sent_at = 0.0  # when released credits last sent claims
+    claimed: dict[str, float] = {}  # customer -> when released credits last sent it a claim
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
     async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
@@ -664,14 +671,15 @@ def create_app(settings: Settings) -> faust.App:
                 if isinstance(state, dict) and "parked" in state:
                     parked.setdefault(key.decode(), -1)
         metrics.parked.set(len(parked))
+        metrics.settled_lag.set(time.time() - settled.before if settled.before else 0.0)
         if not await settled.advance() or not parked:
             return  # a customer's place is settled only once no claim can be on its way
-        nonlocal claims_sent_at
         now = time.time()
-        sent_claims = False
+        for node in [n for n, at in claimed.items() if at < settled.before]:
+            del claimed[node]  # those claims have arrived
         # customers with a place first: booking their credits sends claims to their friends,
-        # so one without a place may become a root only once those claims have arrived, and
-        # only when no credit still parked elsewhere would make it someone's friend
+        # so one without a place may become a root only once no claim released here is on
+        # its way to it, and when no credit still parked elsewhere would make it someone's friend
         states = {key: referrer_state.data.get(key.encode()) for key in parked}
         befriended = {
             row.get("customer_id")
@@ -684,17 +692,15 @@ def create_app(settings: Settings) -> faust.App:
             if state is None or "parked" not in state:
                 parked.pop(key, None)
                 continue
-            if "lin" not in state and (sent_claims or settled.before <= claims_sent_at or key in befriended):
+            if "lin" not in state and (key in claimed or key in befriended):
                 continue
             outputs = referrer_logic.release(state, ctx, settled.before)
             if outputs or "parked" not in state:
-                sent_claims = sent_claims or any(topic == "ripple-lineage" for topic, _, _ in outputs)
+                claimed.update((node, now) for topic, node, _ in outputs if topic == "ripple-lineage")
                 box.emit(outputs)
                 parked.pop(key, None)
                 p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)
-                table_put(referrer_state, p, key, state)
-        if sent_claims:
-            claims_sent_at = now
+                box.put(referrer_state, p, key, state)
 
     # -- chains: node and revenue updates per root -> chains rows, viral alerts ---------
     @app.agent(chains_topic, name="chains")
@@ -729,7 +735,7 @@ def create_app(settings: Settings) -> faust.App:
         for root, (partition, chain) in touched.items():
             chain["seq"] = chain.get("seq", 0) + 1
             box.add("chains", root, {**chains.summary(chain), "version": chain["seq"]})
-            table_put(chain_state, partition, root, chain)
+            box.put(chain_state, partition, root, chain)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
@@ -780,8 +786,8 @@ def create_app(settings: Settings) -> faust.App:
                             note = {"type": "refund", "referrer_id": referrer_id, "order_id": order_id}
                             box.add("ripple-credits", referrer_id, {**note, "ts": refund_ts})
         for order_id, (partition, ledger) in touched.items():
-            table_put(order_state, partition, order_id, ledger)
-        order_clock.persist(p for p, _ in touched.values())
+            box.put(order_state, partition, order_id, ledger)
+        order_clock.persist((p for p, _ in touched.values()), box)
 
     pending: dict[int, dict[str, int]] = {}  # partition -> order_id -> hold end (event time)
     pending_loaded: set[int] = set()
