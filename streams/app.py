@@ -648,6 +648,7 @@ def create_app(settings: Settings) -> faust.App:
             return False
 
     settled = Settled()
+    started_at = time.time()
     claimed: dict[str, float] = {}  # customer -> when released credits last sent it a claim
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
@@ -671,7 +672,7 @@ def create_app(settings: Settings) -> faust.App:
                 if isinstance(state, dict) and "parked" in state:
                     parked.setdefault(key.decode(), -1)
         metrics.parked.set(len(parked))
-        metrics.settled_lag.set(time.time() - settled.before if settled.before else 0.0)
+        metrics.settled_lag.set(time.time() - (settled.before or started_at))
         if not await settled.advance() or not parked:
             return  # a customer's place is settled only once no claim can be on its way
         now = time.time()

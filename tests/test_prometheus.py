@@ -42,6 +42,9 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "ripple_attribution_latency_seconds": ("Histogram", ("clock",)),
     "ripple_consumer_lag": ("Gauge", ("topic",)),
     "ripple_state_keys": ("Gauge", ("table",)),
+    "ripple_state_bytes": ("Gauge", ("table",)),
+    "ripple_parked_referrers": ("Gauge", ()),
+    "ripple_settled_lag_seconds": ("Gauge", ()),
     "ripple_sink_rows_total": ("Counter", ("table",)),
     "ripple_sink_batches_total": ("Counter", ("table",)),
     "ripple_sink_failures_total": ("Counter", ()),
@@ -49,6 +52,7 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "ripple_sink_batch_rows": ("Histogram", ()),
     "ripple_sink_backpressure": ("Gauge", ()),
     "ripple_sink_pending_rows": ("Gauge", ()),
+    "ripple_sink_visible_seconds": ("Histogram", ()),
 }
 # label values the rules may match on
 FRAUD_RULES = {rule for rule, _ in RULE_SEVERITIES}
@@ -217,6 +221,7 @@ def test_expected_alerts() -> None:
         "RippleNoWorker": "critical",
         "RippleSinkDown": "critical",
         "RippleAttributionSlow": "warning",
+        "RippleChainsNotSettling": "warning",
         "RippleFraudAlerts": "warning",
         "RippleCodeLeakage": "warning",
         "RippleConversionSpike": "warning",
