@@ -48,6 +48,7 @@ from typing import IO, Any
 import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.partitioner import partition_for
 from ripple.simulate import Dataset, SimConfig, generate, h, parse_inject, produce, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -595,7 +596,13 @@ class Bench:
             f"for {self.cfg.latency_seconds:.0f} s"
         )
         self.fig.live_orders = _send_live(
-            self.bootstrap, self.slugs, self.creators or ["bench-creator"], self.mix, rate, self.cfg.latency_seconds
+            self.bootstrap,
+            self.slugs,
+            self.creators or ["bench-creator"],
+            self.mix,
+            rate,
+            self.cfg.latency_seconds,
+            self.cfg,
         )
         self._wait_drained(timeout=300.0, polls=3)
         after = buckets(scrape(f"{self.sink_url}/metrics"), histogram)
@@ -764,11 +771,65 @@ def _live_events(slugs: list[str], creators: list[str], mix: Mix) -> Iterator[tu
         yield "orders", visitor, orjson.dumps(order)
 
 
-def _send_live(bootstrap: str, slugs: list[str], creators: list[str], mix: Mix, rate: float, seconds: float) -> int:
-    """Send the program's mix of events at ``rate`` events per second for ``seconds``; the orders sent."""
-    from confluent_kafka import Producer
+class _LiveSender:
+    """Produces live events one per message, or (``batch`` > 1) as a collector does: JSON
+    arrays per topic partition, sent when ``batch`` events are waiting or 50 ms after the
+    first of them."""
 
-    producer = Producer({**producer_config(bootstrap), "linger.ms": 5})
+    LINGER_S = 0.05
+
+    def __init__(self, bootstrap: str, batch: int, partitions: int) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({**producer_config(bootstrap), "linger.ms": 5})
+        self.batch = batch
+        self.partitions = partitions
+        self.waiting: dict[tuple[str, int], tuple[float, bytes, list[bytes]]] = {}  # since, first key, values
+
+    def add(self, topic: str, key: str, value: bytes) -> None:
+        if self.batch <= 1:
+            self._produce(topic, key.encode(), value, None)
+            return
+        partition = partition_for(key.encode(), self.partitions)
+        values = self.waiting.setdefault((topic, partition), (time.monotonic(), key.encode(), []))[2]
+        values.append(value)
+        if len(values) >= self.batch:
+            self._send(topic, partition)
+
+    def tick(self, final: bool = False) -> None:
+        now = time.monotonic()
+        for (topic, partition), (since, _, _) in list(self.waiting.items()):
+            if final or now - since >= self.LINGER_S:
+                self._send(topic, partition)
+        self.producer.poll(0)
+
+    def _send(self, topic: str, partition: int) -> None:
+        _, key, values = self.waiting.pop((topic, partition))
+        self._produce(topic, key, b"[" + b",".join(values) + b"]", partition)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, key=key, value=value)
+                else:
+                    self.producer.produce(topic, key=key, value=value, partition=partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def flush(self) -> int:
+        self.tick(final=True)
+        remaining: int = self.producer.flush(30)
+        return remaining
+
+
+def _send_live(
+    bootstrap: str, slugs: list[str], creators: list[str], mix: Mix, rate: float, seconds: float, cfg: BenchConfig
+) -> int:
+    """Send the program's mix of events at ``rate`` events per second for ``seconds``, in the
+    input shape of the run (``cfg.input_batch``); the orders sent."""
+    sender = _LiveSender(bootstrap, cfg.input_batch, cfg.partitions)
     events = _live_events(slugs, creators, mix)
     sent = orders = 0
     started = time.monotonic()
@@ -776,17 +837,12 @@ def _send_live(bootstrap: str, slugs: list[str], creators: list[str], mix: Mix, 
         due = int(elapsed * rate) + 1
         while sent < due:
             topic, key, value = next(events)
-            while True:
-                try:
-                    producer.produce(topic, key=key.encode(), value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            sender.add(topic, key, value)
             sent += 1
             orders += topic == "orders"
-        producer.poll(0)
+        sender.tick()
         time.sleep(0.005)
-    remaining = producer.flush(30)
+    remaining = sender.flush()
     if remaining:
         raise BenchError(f"latency: {remaining} live messages were not delivered")
     return orders

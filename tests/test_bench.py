@@ -63,3 +63,25 @@ def test_negative_views_exit_2_with_one_line() -> None:
     assert len(lines) == 1, result.stderr
     assert "--views" in lines[0] and "negative" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_quick_bench_with_collector_arrays(tmp_path: Path) -> None:
+    """Input as JSON arrays per partition, in the load and in the live phase alike."""
+    out = tmp_path / "bench.json"
+    result = ripple(
+        "bench", "--quick", "--views", "3000", "--input-batch", "50", "--json", str(out),
+        "--data-dir", str(tmp_path / "data"), timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["config"]["input_batch"] == 50
+    figures = report["figures"]
+    # every event of the program is counted by both baselines and the pipeline, arrays or not
+    events = report["config"]["input_events"]
+    assert figures["raw_consume_decode"]["events"] == events
+    assert figures["faust_baseline"]["events"] == events
+    assert figures["ripple_end_to_end"]["events"] == events
+    # the live arrays were attributed: their rows reached ClickHouse
+    assert figures["latency_phase"]["orders"] > 0
+    assert figures["latency_phase"]["rows_observed"] >= figures["latency_phase"]["orders"]
+    assert "input in arrays of up to 50 events" in result.stdout
