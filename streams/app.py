@@ -1,12 +1,17 @@
 """The Faust application: thin agents that decode, call the pure logic, and send results.
 
-* ``visitor_agent`` reads ``views``, ``clicks`` and ``orders`` (co-partitioned by
-  visitor) in batches; per-visitor state lives in the ``visitor_state`` table, written once
-  per visitor per batch.
-* ``other_agent`` validates ``refunds``, ``codes`` and ``creators`` so bad input on them
-  reaches the dead-letter topic too.
-* :class:`ReferenceReader` keeps every code and creator in memory on every worker (what a
-  GlobalTable does, with an explicit "caught up" barrier).
+* ``visitors`` reads ``views``, ``clicks`` and ``orders`` (co-partitioned by visitor) and
+  flood verdicts (``ripple-blocks``) in batches: attribution and per-click fraud rules.
+* ``floods`` (clicks by ip and referrer), ``referrers`` (credits, notes and lineage claims:
+  commissions, chains' nodes, leakage, refund rate, spikes), ``chains`` (per root),
+  ``ledger`` (refunds and commission terms per order) and ``alerts`` (one alert per rule,
+  subject and cool-down period) each own the state of their key.
+* ``reference`` validates ``codes`` and ``creators`` so bad input on them reaches the
+  dead-letter topic too; :class:`ReferenceReader` keeps every code and creator in memory
+  on every worker (what a GlobalTable does, with an explicit "caught up" barrier).
+
+Every batch collects what it sends in an ``Outbox``: one message per topic and partition,
+state written once per key and batch, all of it handed to the producer when the batch ends.
 """
 
 from __future__ import annotations
@@ -227,12 +232,12 @@ def create_app(settings: Settings) -> faust.App:
     class Outbox:
         """What one batch sends, sent when the batch ends: one message per topic and partition.
 
-        Faust's cost is per message, so records are grouped: internal topics (messages
-        between the worker's agents) carry
-        ``[[key, record], ...]`` in the partition of their keys (the partition that holds
-        each key's state downstream), output topics a JSON array of rows (the sink needs no
-        key). The batch's input offsets count as processed only once its outputs are with
-        the producer, which is what :class:`Settled` relies on."""
+        The cost of producing is per message, so records are grouped: internal topics
+        (between the worker's agents) carry ``[[key, record], ...]`` in the partition of
+        their keys (the partition that holds each key's state downstream), output topics
+        a JSON array of rows (the sink needs no key). State changes go to the tables'
+        changelogs in the same flush. The batch's input offsets count as processed only
+        once its outputs are with the producer, which is what :class:`Settled` relies on."""
 
         def __init__(self) -> None:
             self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
