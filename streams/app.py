@@ -281,13 +281,15 @@ def create_app(settings: Settings) -> faust.App:
                     key = chunk[0][0].encode()
                     if internal:
                         parts = [b"[" + orjson.dumps(k) + b"," + v + b"]" for k, v in chunk]
-                        await producer.send(name, b"[" + b",".join(parts) + b"]", key=key, partition=partition)
+                        sent = await producer.send(name, b"[" + b",".join(parts) + b"]", key=key, partition=partition)
                     else:  # the partition of the first row's key: any partition suits the sink
                         value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
-                        await producer.send(name, value, key=key)
+                        sent = await producer.send(name, value, key=key)
+                    sent.add_done_callback(_delivered)
                 metrics.rows_out.labels(name).inc(len(records))
             for topic, partition, kb, value in self.changes:
-                await producer.send(topic, value, key=kb, partition=partition)
+                sent = await producer.send(topic, value, key=kb, partition=partition)
+                sent.add_done_callback(_delivered)
             self.records.clear()
             self.changes.clear()
             processed.update(self.offsets)
@@ -320,6 +322,15 @@ def create_app(settings: Settings) -> faust.App:
             metrics.events_in.labels(msg.topic).inc(len(good))
             decoded.extend((msg.topic, msg.partition, e) for e in good)
         return decoded
+
+    def _delivered(sent: asyncio.Future[Any]) -> None:
+        """A record the producer could not deliver (after its retries) must not be committed
+        past: stop before Faust's next commit, so the batch is read again after a restart."""
+        error = None if sent.cancelled() else sent.exception()
+        if sent.cancelled() or error is not None:
+            log.critical("a record could not be delivered (%s); exiting so its batch is read again", error)
+            logging.shutdown()
+            os._exit(70)
 
     async def guarded(handler: Any, events: list[Any]) -> None:
         """Run one batch and send what it produced; on an unexpected error stop the process
@@ -626,7 +637,7 @@ def create_app(settings: Settings) -> faust.App:
         a round vouches only for what was sent ``MARGIN_S`` before it started."""
 
         HOPS = 7
-        MARGIN_S = 0.5  # > the linger of the producers writing to upstream topics (collector, simulator: 20 ms)
+        MARGIN_S = 1.0  # > the linger of the producers writing to upstream topics (20 ms), with room for a busy host
 
         def __init__(self) -> None:
             self.before = 0.0
