@@ -632,11 +632,13 @@ def create_app(settings: Settings) -> faust.App:
         the topics at S is processed — but what that produced (a credit, then a claim) may
         still be on its way, one hop per round. So the settled time is the start of the
         round completed ``HOPS - 1`` rounds ago: input → (click by ip → flood verdict →
-        visitor) → credit → claim is at most five hops; two more rounds are a safety margin.
+        visitor) → credit → claim is at most five hops, and each round covers one (the
+        flush puts the outputs of the previous round's records in the broker before this
+        round notes the end offsets).
         A record another process sent just before S may still sit in its producer's buffer:
         a round vouches only for what was sent ``MARGIN_S`` before it started."""
 
-        HOPS = 7
+        HOPS = 5
         MARGIN_S = 1.0  # > the linger of the producers writing to upstream topics (20 ms), with room for a busy host
 
         def __init__(self) -> None:
