@@ -703,6 +703,11 @@ class Mix:
         return cls(counts["views"] / orders, max(1.0, counts["clicks"] / orders))
 
 
+def _whole(owed: float) -> tuple[int, float]:
+    whole = int(owed)
+    return whole, owed - whole
+
+
 def _live_events(slugs: list[str], creators: list[str], mix: Mix) -> Iterator[tuple[str, str, bytes]]:
     """Endless (topic, key, value) in the program's mix: each order's visitor clicked a
     creator's link 61 s before ordering (so the click-injection rule leaves it alone); other
@@ -710,18 +715,19 @@ def _live_events(slugs: list[str], creators: list[str], mix: Mix) -> Iterator[tu
     run = f"bench{int(time.time())}"
     agents = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
     n = 0
-    views = clicks = 0.0
+    owed_views = owed_clicks = 0.0
     while True:
         n += 1
         now = int(time.time() * 1000)
         visitor = f"{run}-vis-{n:07d}"
         customer = f"{run}-cus-{n:07d}"
-        views += mix.views_per_order
-        while views >= 1:
-            views -= 1
-            viewer = f"{run}-viewer-{n:07d}-{int(views * 1000)}"
+        # the program's shares are fractions per order: carry the remainder to the next one
+        views, owed_views = _whole(owed_views + mix.views_per_order)
+        clicks, owed_clicks = _whole(owed_clicks + mix.clicks_per_order - 1)
+        for i in range(views):
+            viewer = f"{run}-viewer-{n:07d}-{i}"
             view = {
-                "event_id": f"{run}-v-{n:07d}-{int(views * 1000)}",
+                "event_id": f"{run}-v-{n:07d}-{i}",
                 "ts": now,
                 "creator_id": creators[n % len(creators)],
                 "content_id": f"post-{n % 50}",
@@ -729,12 +735,10 @@ def _live_events(slugs: list[str], creators: list[str], mix: Mix) -> Iterator[tu
                 "kind": "video_view",
             }
             yield "views", viewer, orjson.dumps(view)
-        clicks += mix.clicks_per_order - 1
-        while clicks >= 1:
-            clicks -= 1
-            browser = f"{run}-browser-{n:07d}-{int(clicks * 1000)}"
+        for i in range(clicks):
+            browser = f"{run}-browser-{n:07d}-{i}"
             click = {
-                "event_id": f"{run}-b-{n:07d}-{int(clicks * 1000)}",
+                "event_id": f"{run}-b-{n:07d}-{i}",
                 "ts": now,
                 "visitor_id": browser,
                 "ref": slugs[(n + 1) % len(slugs)],
