@@ -27,6 +27,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from mode import Service
 
 from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, Settings
@@ -73,12 +74,14 @@ def keyed_records(msg: Any) -> list[tuple[str, Any]]:
 class ReferenceReader(Service):
     """Reads the compacted ``codes`` and ``creators`` topics in full, on every worker."""
 
-    def __init__(self, bootstrap: str, data: ReferenceData) -> None:
+    def __init__(self, bootstrap: str, data: ReferenceData, group: str = APP_ID) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.data = data
+        self.group = group
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # never fetches: asks for end offsets only
+        self._admin: AIOKafkaAdminClient | None = None  # the group's committed offsets
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
         self._ready = asyncio.Event()
@@ -90,6 +93,8 @@ class ReferenceReader(Service):
         self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
         await self._offsets.start()
         await self._offsets.topics()
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self._admin.start()
         parts = []
         for topic in ("codes", "creators"):
             for p in self._consumer.partitions_for_topic(topic) or ():
@@ -103,6 +108,8 @@ class ReferenceReader(Service):
         for consumer in (self._consumer, self._offsets):
             if consumer is not None:
                 await consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
 
     @Service.task
     async def _poll(self) -> None:
@@ -149,6 +156,27 @@ class ReferenceReader(Service):
         assert self._offsets is not None
         ends = await self._offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
         return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        """Every partition of these topics (the metadata read at start: topics exist before
+        a worker starts, and their partition counts do not change under it)."""
+        assert self._offsets is not None
+        known = self._offsets.partitions_for_topic
+        return [TopicPartition(t, p) for t in sorted(topics) for p in sorted(known(t) or ())]
+
+    async def committed(self, tps: list[Any]) -> dict[Any, int]:
+        """The worker group's committed offsets (the next offset to read; 0 when none):
+        Faust commits only what it has processed, after flushing what that produced."""
+        await self._ready.wait()
+        assert self._admin is not None
+        found = await self._admin.list_consumer_group_offsets(
+            self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+        out = {}
+        for tp in tps:
+            meta = found.get(TopicPartition(tp.topic, tp.partition))
+            out[tp] = max(meta.offset, 0) if meta is not None else 0
+        return out
 
     async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
@@ -626,38 +654,50 @@ def create_app(settings: Settings) -> faust.App:
         """The time up to which everything a claim can travel through has been read.
 
         A round starts at time S: this worker's producer is flushed, so what it sent is in
-        the broker, and the broker's end offsets of every upstream partition of this worker
-        are noted; the round completes once all of them are processed (a batch's offsets
-        count as processed once its outputs are with the producer). Then whatever was in
-        the topics at S is processed — but what that produced (a credit, then a claim) may
-        still be on its way, one hop per round. So the settled time is the start of the
-        round completed ``HOPS - 1`` rounds ago: input → (click by ip → flood verdict →
-        visitor) → credit → claim is at most five hops, and each round covers one (the
-        flush puts the outputs of the previous round's records in the broker before this
-        round notes the end offsets).
-        A record another process sent just before S may still sit in its producer's buffer:
-        a round vouches only for what was sent ``MARGIN_S`` before it started."""
+        the broker, and the broker's end offsets of every upstream partition — this
+        worker's and the other workers' — are noted; the round completes once all of them
+        are processed: this worker's as it processes them (a batch's offsets count as
+        processed once its outputs are with the producer), the others' (and this worker's
+        from before a restart) once the group has committed them (Faust commits only after
+        flushing what the records produced). Then whatever was in the topics at S is
+        processed — but what that produced (a credit, then a claim) may still be on its
+        way, one hop per round. So the settled time is the start of the round completed
+        ``HOPS - 1`` rounds ago: input → (click by ip → flood verdict → visitor) → credit →
+        claim is at most five hops, and each round covers one (the flush puts the outputs
+        of the previous round's records in the broker before this round notes the end
+        offsets). A record another process sent just before S may still sit in its
+        producer's buffer: a round vouches only for what was sent ``MARGIN_S`` before it
+        started. With one worker a round waits only for its own processing; with several,
+        for the group's commits (``broker_commit_interval``), so a generation of customers
+        settles more slowly, and exactly as with one."""
 
         HOPS = 5
         MARGIN_S = 1.0  # > the linger of the producers writing to upstream topics (20 ms), with room for a busy host
+        ASK_EVERY_S = 0.5  # how often a round behind on some partition asks for the group's commits
 
         def __init__(self) -> None:
             self.before = 0.0
             self.starts: list[float] = []
             self.round: tuple[float, dict[Any, int]] | None = None
+            self.asked = 0.0
 
         async def advance(self) -> bool:
             if self.round is None:
+                await reader.ready()  # its clients know every topic's partitions
                 started = time.time() - self.MARGIN_S
                 await app.producer.flush()
-                tps = [tp for tp in app.consumer.assignment() if tp.topic in upstream]
                 # from the broker: the fetcher's last responses can be seconds old while
                 # fetched records wait in its buffer
-                highs = await reader.end_offsets(tps) if tps else {}
-                self.round = (started, highs)
+                self.round = (started, await reader.end_offsets(reader.partitions(upstream)))
             started, highs = self.round
-            if any(processed.get((tp.topic, tp.partition), -1) + 1 < high for tp, high in highs.items()):
-                return False
+            behind = [tp for tp, high in highs.items() if processed.get((tp.topic, tp.partition), -1) + 1 < high]
+            if behind:
+                if time.monotonic() - self.asked < self.ASK_EVERY_S:
+                    return False
+                self.asked = time.monotonic()
+                committed = await reader.committed(behind)
+                if any(committed[tp] < highs[tp] for tp in behind):
+                    return False
             self.round = None
             self.starts = [*self.starts, started][-self.HOPS :]
             if len(self.starts) == self.HOPS and self.starts[0] > self.before:
@@ -667,7 +707,6 @@ def create_app(settings: Settings) -> faust.App:
 
     settled = Settled()
     started_at = time.time()
-    claimed: dict[str, float] = {}  # customer -> when released credits last sent it a claim
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
     async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
@@ -693,29 +732,19 @@ def create_app(settings: Settings) -> faust.App:
         metrics.settled_lag.set(time.time() - (settled.before or started_at))
         if not await settled.advance() or not parked:
             return  # a customer's place is settled only once no claim can be on its way
-        now = time.time()
-        for node in [n for n, at in claimed.items() if at < settled.before]:
-            del claimed[node]  # those claims have arrived
-        # customers with a place first: booking their credits sends claims to their friends,
-        # so one without a place may become a root only once no claim released here is on
-        # its way to it, and when no credit still parked elsewhere would make it someone's friend
+        # customers with a place first: booking their credits sends claims to their friends;
+        # one without a place may become a root only once no parked referrer (on any worker)
+        # holds it — a hold ends after the claim it may bring (referrer.holds)
         states = {key: referrer_state.data.get(key.encode()) for key in parked}
-        befriended = {
-            row.get("customer_id")
-            for state in states.values()
-            if isinstance(state, dict) and "parked" in state
-            for row in state["parked"]["rows"]
-        }
         for key, partition in sorted(parked.items(), key=lambda kv: "lin" not in (states[kv[0]] or {})):
             state = states[key]
             if state is None or "parked" not in state:
                 parked.pop(key, None)
                 continue
-            if "lin" not in state and (key in claimed or key in befriended):
+            if "lin" not in state and referrer_logic.holds(state):
                 continue
             outputs = referrer_logic.release(state, ctx, settled.before)
             if outputs or "parked" not in state:
-                claimed.update((node, now) for topic, node, _ in outputs if topic == "ripple-lineage")
                 box.emit(outputs)
                 parked.pop(key, None)
                 p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)

@@ -70,8 +70,30 @@ def on_credit(
     if row["referrer_type"] == "customer" and _unsettled(state, settled_before):
         parked = state.setdefault("parked", {"since": now_s, "rows": []})
         parked["rows"].append(row)
-        return []
+        return [_hold("hold", row)] if _may_claim(row, ctx) else []
     return _credit(state, row, ctx)
+
+
+def _may_claim(row: dict[str, Any], ctx: Context) -> bool:
+    """Whether booking this row can send its customer a claim."""
+    return row["model"] == ctx.commission_model and row["credit"] > 0 and bool(row.get("customer_id"))
+
+
+def _hold(kind: str, row: dict[str, Any]) -> Output:
+    """A parked row's customer may still get a claim from this referrer: a ``hold`` tells
+    it to wait (it may not start a tree of its own), an ``unhold`` that the wait is over —
+    sent after whatever booking the row sent it, so the customer has its claim first. The
+    referrer and its customer may live on different workers: the hold travels as a claim does."""
+    return (
+        "ripple-lineage",
+        row["customer_id"],
+        {"type": kind, "node_id": row["customer_id"], "by": f"{row['referrer_id']} {row['order_id']}"},
+    )
+
+
+def holds(state: dict[str, Any]) -> bool:
+    """True while a parked referrer may still send this customer a claim."""
+    return bool(state.get("holds"))
 
 
 def _unsettled(state: dict[str, Any], settled_before: float) -> bool:
@@ -91,6 +113,7 @@ def release(state: dict[str, Any], ctx: Context, settled_before: float = math.in
     out: list[Output] = []
     for row in parked["rows"]:
         out.extend(_credit(state, row, ctx))
+    out.extend(_hold("unhold", row) for row in parked["rows"] if _may_claim(row, ctx))
     return out
 
 
@@ -252,8 +275,19 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
 
 def on_claim(state: dict[str, Any], claim: dict[str, Any], now_s: float = 0.0) -> list[Output]:
     """A claim to make this customer a node (or move it to an earlier parent), or the
-    retraction of one whose order lost its credit. ``now_s``: when it was placed."""
-    if claim.get("type") == "retract":
+    retraction of one whose order lost its credit, or a parked referrer's (un)hold.
+    ``now_s``: when it was placed."""
+    kind = claim.get("type")
+    if kind in ("hold", "unhold"):
+        held = state.setdefault("holds", {})
+        if kind == "hold":
+            held[claim["by"]] = 1
+        else:
+            held.pop(claim["by"], None)
+        if not held:
+            del state["holds"]
+        return []
+    if kind == "retract":
         node, previous = lineage.retract_claim(state, claim)
     else:
         node, previous = lineage.apply_claim(state, claim)

@@ -96,12 +96,16 @@ def test_a_customer_parks_its_credits_until_its_own_claim() -> None:
     jane: dict[str, Any] = ref.new_state()
     claim = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
     cus1: dict[str, Any] = ref.new_state()
-    assert credit(cus1, row("cus-1", "customer", "o2", "cus-2", T + 10), now=100.0) == []  # parked
+    parked = credit(cus1, row("cus-1", "customer", "o2", "cus-2", T + 10), now=100.0)
+    assert parked == [("ripple-lineage", "cus-2", {"type": "hold", "node_id": "cus-2", "by": "cus-1 o2"})]
     node_out = ref.on_claim(cus1, claim)
     assert by_topic(node_out, "chain_nodes")[0]["parent_id"] == "cr-jane"
     released = ref.release(cus1, CTX)
     claim2 = by_topic(released, "ripple-lineage")[0]
     assert (claim2["root_id"], claim2["generation"], claim2["parent_id"]) == ("cr-jane", 2, "cus-1")
+    # the friend is told the wait is over after its claim, in the same partition's order
+    to_friend = [(v["type"], v.get("by")) for t, k, v in released if t == "ripple-lineage" and k == "cus-2"]
+    assert to_friend == [("claim", None), ("unhold", "cus-1 o2")]
     # the parent of cus-1 earns an override on cus-1's referral
     overrides = [v for v in by_topic(released, "ripple-commissions") if v["kind"] == "override"]
     assert [(o["referrer_id"], o["rate"]) for o in overrides] == [("cr-jane", 0.05)]
@@ -188,7 +192,8 @@ def test_a_customers_credits_wait_until_its_place_is_settled() -> None:
     cus: dict[str, Any] = ref.new_state()
     ref.on_claim(cus, first, now_s=10.0)
     # cus-1 refers a friend at 11 s, but its place (from 10 s) is not settled before 10 s
-    assert ref.on_credit(cus, row("cus-1", "customer", "o2", "cus-2", T + 10), CTX, 11.0, settled_before=9.0) == []
+    waiting = ref.on_credit(cus, row("cus-1", "customer", "o2", "cus-2", T + 10), CTX, 11.0, settled_before=9.0)
+    assert [(t, v["type"]) for t, _, v in waiting] == [("ripple-lineage", "hold")]
     # o1 is restated to leo: its claim moves cus-1 while the friend's credit waits
     moved_claim = by_topic(credit(leo, {**row("cr-leo", "creator", "o1", "cus-1", T), "version": 3}), "ripple-lineage")
     moved = ref.on_claim(cus, moved_claim[0], now_s=12.0)
@@ -197,3 +202,25 @@ def test_a_customers_credits_wait_until_its_place_is_settled() -> None:
     out = ref.release(cus, CTX, settled_before=12.5)
     claim2 = by_topic(out, "ripple-lineage")[0]
     assert (claim2["root_id"], claim2["generation"], claim2["parent_id"]) == ("cr-leo", 2, "cus-1")
+
+
+def test_a_parked_referrer_holds_its_friend_until_its_claim_has_been_sent() -> None:
+    # cus-1 waits for its own place; cus-2 bought through cus-1 and refers cus-3 itself
+    cus1: dict[str, Any] = ref.new_state()
+    cus2: dict[str, Any] = ref.new_state()
+    hold = credit(cus1, row("cus-1", "customer", "o2", "cus-2", T), now=100.0)
+    assert credit(cus2, row("cus-2", "customer", "o3", "cus-3", T + 10), now=100.0)  # parked, holds cus-3
+    for _, _, note in hold:
+        ref.on_claim(cus2, note)
+    assert ref.holds(cus2)
+    # an uncounted row (another model, no credit) neither holds nor unholds
+    assert credit(cus1, row("cus-1", "customer", "o9", "cus-2", T, model="linear"), now=100.0) == []
+    released = ref.release(cus1, CTX, settled_before=101.0)  # cus-1 becomes a root
+    for topic, key, value in released:
+        if topic == "ripple-lineage" and key == "cus-2":
+            ref.on_claim(cus2, value, now_s=102.0)
+    assert not ref.holds(cus2) and "holds" not in cus2
+    assert cus2["lin"]["parent"] == "cus-1"
+    # a repeated hold or unhold (a replay) changes nothing more
+    ref.on_claim(cus2, {"type": "unhold", "node_id": "cus-2", "by": "cus-1 o2"})
+    assert not ref.holds(cus2)

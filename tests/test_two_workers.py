@@ -1,10 +1,9 @@
-"""Scale-out: two worker processes and the sink on one embedded broker credit every order
-and pay every commission as a single worker does (the simulator's ground truth): the
-partitions are shared, and every key's state lives with the worker that owns its partition.
-
-Referral chains are not compared: a customer's place settles per worker, so a claim
-travelling through the other worker's partitions is not waited for, and a few customers
-become roots of their own (2 of ~200 nodes in the runs so far; README, Performance).
+"""Scale-out: two worker processes and the sink on one embedded broker credit every order,
+pay every commission and place every customer in its referral chain as a single worker
+does (the simulator's ground truth): the partitions are shared, every key's state lives
+with the worker that owns its partition, and a customer's place settles across both
+(a round waits for the other worker's committed offsets; a parked referrer on one worker
+holds its friend on the other).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
         produce(ds.events, broker.bootstrap)
         truth = ds.truth
         want = sum(1 for v in truth["last_click"].values() if v)
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 180
         last: dict[str, Any] = {}
         quiet = 0
         while time.monotonic() < deadline:
@@ -84,7 +83,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
                 v["lag"] for v in h.get("pipeline", {}).values()
             )
             last = {**t, "lag": lag}
-            quiet = quiet + 1 if t["attributed"] >= want and lag == 0 else 0
+            done = t["attributed"] >= want and t["chain_nodes"] >= len(truth["chain_parents"])
+            quiet = quiet + 1 if done and lag == 0 else 0
             if quiet >= 3:
                 break
             time.sleep(1)
@@ -124,3 +124,15 @@ def test_two_workers_credit_every_order_as_the_truth_says(
 ) -> None:
     ch, truth, info = outcome
     assert_paid_as_the_truth(ch, truth, info[0])
+
+
+def test_two_workers_place_every_customer_as_the_truth_says(
+    outcome: tuple[ClickHouse, dict[str, Any], list[str]],
+) -> None:
+    ch, truth, info = outcome
+    rows = ch.query("SELECT node_id, parent_id FROM ripple.chain_nodes FINAL WHERE active = 1 AND parent_id != ''")
+    assert dict(rows) == truth["chain_parents"], info[0]
+    sizes = dict(ch.query("SELECT root_id, nodes FROM ripple.chains FINAL"))
+    assert {root: sizes.get(root) for root in truth["chains"]} == {
+        root: chain["nodes"] for root, chain in truth["chains"].items()
+    }, info[0]
