@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from streams.events import decode
+from streams.events import decode, message_time
 
 Row = tuple[Any, ...]
 
@@ -262,7 +263,8 @@ def rows_for_message(
     """Turn one Kafka message of any consumed topic into (table, columns, rows)."""
     if topic in SPECS:
         spec = SPECS[topic]
-        good, _ = decode(topic, value, timestamp)  # the worker dead-letters the rest
+        # the worker dead-letters the rest
+        good, _ = decode(topic, value, message_time(timestamp, int(time.time() * 1000)))
         return spec.table, spec.columns, [spec.row(e, timestamp) for e in good]
     if topic in JSON_TABLES:
         columns = JSON_TABLES[topic]
