@@ -48,6 +48,7 @@ from typing import IO, Any
 import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.config import PLAINTEXT, SECURITY_VARIABLES, KafkaSecurity
 from ripple.partitioner import partition_for
 from ripple.simulate import Dataset, SimConfig, generate, h, parse_inject, produce, producer_config
 
@@ -229,6 +230,8 @@ def _child_env(partitions: int) -> dict[str, str]:
     env = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(LATENESS_MS), "RIPPLE_PARTITIONS": str(partitions)}
     for name in ("RIPPLE_WEB_PORT", "RIPPLE_BOOTSTRAP", "RIPPLE_CLICKHOUSE", "RIPPLE_DATA_DIR"):
         env.pop(name, None)  # given as flags
+    for name in SECURITY_VARIABLES:
+        env.pop(name, None)  # the bench's own embedded broker speaks PLAINTEXT on loopback
     return env
 
 
@@ -646,7 +649,9 @@ def _link_slugs(ds: Dataset) -> list[str]:
     return slugs or ["jane"]
 
 
-async def _raw_consume(bootstrap: str, expect: int, timeout: float = 300.0) -> tuple[int, float]:
+async def _raw_consume(
+    bootstrap: str, expect: int, timeout: float = 300.0, security: KafkaSecurity = PLAINTEXT
+) -> tuple[int, float]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # not its subscription notices
@@ -658,6 +663,7 @@ async def _raw_consume(bootstrap: str, expect: int, timeout: float = 300.0) -> t
         auto_offset_reset="earliest",
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        **security.aiokafka(),
     )
     await consumer.start()
     try:

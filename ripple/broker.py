@@ -8,11 +8,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from ripple.config import COMPACTED_TOPICS, INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
+from ripple.config import COMPACTED_TOPICS, INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger("ripple.broker")
 
@@ -106,15 +107,34 @@ class EmbeddedBroker:
             self.proc.wait()
 
 
-def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> list[str]:
-    """Create every topic Ripple uses that does not exist yet; return the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create_topics(
+    bootstrap: str, partitions: int, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> list[str]:
+    """Create every topic Ripple uses that does not exist yet; return the names created.
+
+    Refused credentials or a failed TLS handshake stop it at once (no retry fixes them)."""
+    refused: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+            refused.append(err)
+
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        **security.confluent(),
+        "error_cb": on_error,
+        "logger": logging.getLogger("ripple.kafka"),
+    }
+    admin = AdminClient(config)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            existing = set(admin.list_topics(timeout=5).topics)
+            existing = set(admin.list_topics(timeout=2).topics)  # the loop retries a slow broker
             break
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if refused:
+                raise BrokerError(f"Kafka at {bootstrap} refused the connection: {refused[0].str()}") from None
             if time.monotonic() > deadline:
                 raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
             time.sleep(0.5)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ def _positive(kind: type, minimum: int = 0) -> Any:
             v = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
         if v < minimum:
             raise argparse.ArgumentTypeError(
                 f"{value} must not be negative" if minimum == 0 else f"{value} must be at least {minimum}"
@@ -53,6 +56,23 @@ def _positive(kind: type, minimum: int = 0) -> Any:
         return v
 
     return parse
+
+
+def _days(value: str) -> float:
+    days = _positive(float)(value)
+    if days <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be above 0")
+    return float(days)
+
+
+def _share(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return v
 
 
 def _inject(value: str) -> tuple[str, ...]:
@@ -69,6 +89,8 @@ def _seeds(value: str) -> tuple[int, ...]:
         seeds = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a comma list of integers") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected at least one seed")
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{value!r}: seeds must differ")
     return seeds
@@ -84,7 +106,7 @@ def _chain_k(value: str) -> dict[str, float]:
             out[name] = float(number)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{number!r} is not a number") from None
-        if not 0 <= out[name] <= 10:
+        if not 0 <= out[name] <= 10:  # also refuses nan
             raise argparse.ArgumentTypeError(f"K={number} must be between 0 and 10")
     return out
 
@@ -124,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, help="write events.jsonl and ground_truth.json here")
     sim.add_argument("--seed", type=int, default=42)
     sim.add_argument("--start", help="first event time, ISO 8601 UTC (default: --days before today)")
-    sim.add_argument("--days", type=_positive(float), default=14.0, help="simulated period")
+    sim.add_argument("--days", type=_days, default=14.0, help="simulated period in days")
     sim.add_argument("--creators", type=_positive(int), default=30)
     sim.add_argument("--views", type=_positive(int), default=3000, help="content views to simulate")
     sim.add_argument("--rate", type=_positive(float), default=0.0, help="messages per second (0: as fast as possible)")
@@ -134,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="send events as JSON arrays of up to N per topic partition, as a collector does (default 1)",
     )
-    sim.add_argument("--malformed", type=_positive(float), default=0.01, help="share of malformed messages")
+    sim.add_argument("--malformed", type=_share, default=0.01, help="share of malformed messages, 0 to 1")
     sim.add_argument(
         "--chain-k",
         type=_chain_k,
@@ -160,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--inject", type=_inject, default=("all",), help="fraud types to inject (default all)")
     ev.add_argument("--inject-count", type=_positive(int), default=10, help="incidents per type and program")
-    ev.add_argument("--creators", type=_positive(int), default=40)
-    ev.add_argument("--views", type=_positive(int), default=4000, help="content views per program")
+    ev.add_argument("--creators", type=_positive(int, minimum=1), default=40)
+    ev.add_argument("--views", type=_positive(int, minimum=1), default=4000, help="content views per program")
     ev.add_argument("--rate", type=_positive(float), default=3000.0, help="messages per second sent (0: at once)")
     ev.add_argument("--json", type=Path, help="also write the report as JSON here")
     ev.add_argument("--data-dir", type=Path, help="keep the stack's data here (default: a temporary folder)")
@@ -228,12 +250,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _failure(exc)
+        if message is None:
+            raise
+        print(f"ripple {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+def _failure(exc: BaseException) -> str | None:
+    """One line for a failure to reach Kafka or ClickHouse (not a bug: no traceback), else None."""
+    from clickhouse_connect.driver.exceptions import Error as ClickHouseError
+    from confluent_kafka import KafkaException
+
+    from ripple.broker import BrokerError
+    from sinks.clickhouse import ClickHouseUnavailable
+
+    if isinstance(exc, BrokerError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, KafkaException):
+        return f"Kafka: {exc.args[0] if exc.args else exc}"
+    if isinstance(exc, ClickHouseUnavailable | ClickHouseError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"ClickHouse: {first}"
+    return None
+
+
+def _make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+
+
+def _output_file(path: Path | None, flag: str) -> None:
+    """A file written at the end of a long run: its folder must exist now."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist")
+
+
+def _output_dir(path: Path | None, flag: str) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory")
+
+
+def _embedded_broker_only(settings: Settings, command: str) -> None:
+    """Kafka security settings apply to an external broker; the embedded one is PLAINTEXT on loopback."""
+    if settings.bootstrap is None and settings.kafka_security_protocol != "PLAINTEXT":
+        raise ConfigError(
+            f"RIPPLE_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs an external broker "
+            f"(--bootstrap or RIPPLE_BOOTSTRAP); {command}'s embedded broker speaks PLAINTEXT on 127.0.0.1"
+        )
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.broker import BrokerError
     from ripple.services import AlreadyRunning, Up
 
+    _embedded_broker_only(settings, "ripple up")
+    _make_dir(settings.data_dir, "data dir")
     settings = settings.with_web_port(8080)
     try:
         asyncio.run(Up(settings, args.demo, args.demo_rate, sys.stdout).run())
@@ -255,8 +334,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.broker import create_topics
     from streams.app import create_app
 
-    create_topics(settings.bootstrap, settings.partitions)  # idempotent: existing topics stay
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    _make_dir(settings.data_dir / "worker", "data dir")
+    create_topics(settings.bootstrap, settings.partitions, settings.kafka)  # idempotent: existing topics stay
 
     settings = settings.with_web_port(6066)
     uvloop.install()
@@ -272,7 +351,8 @@ def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.broker import create_topics
     from ripple.services import run_sink
 
-    create_topics(settings.bootstrap, settings.partitions)
+    _make_dir(settings.data_dir, "data dir")
+    create_topics(settings.bootstrap, settings.partitions, settings.kafka)
     port = settings.with_web_port(8081).web_port
     asyncio.run(run_sink(settings, port))
     return 0
@@ -300,9 +380,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         if start.tzinfo is None:
             start = start.replace(tzinfo=UTC)
         start_ms = int(start.timestamp() * 1000)
+        if start_ms < 0:
+            raise ConfigError(f"--start {args.start!r} is before 1970 (event times are epoch milliseconds)")
     else:
         today = int(time.time() // 86_400) * 86_400_000
         start_ms = today - int(args.days * 86_400_000)
+    _output_dir(args.out, "--out")
     bootstrap = settings.bootstrap or (None if args.out and not args.data_dir else _runtime_bootstrap(settings))
     if bootstrap is None and args.out is None:
         raise ConfigError("nothing to do: give --bootstrap, a --data-dir of a running 'ripple up', or --out")
@@ -327,14 +410,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     if args.out:
+        _make_dir(args.out, "--out")
         write_out(ds, args.out)
         print(f"wrote {args.out}/events.jsonl and {args.out}/ground_truth.json", file=sys.stderr)
     if bootstrap:
         t0 = time.monotonic()
-        produce(ds.reference, bootstrap)
+        produce(ds.reference, bootstrap, security=settings.kafka)
         sent = produce(
             ds.events,
             bootstrap,
+            security=settings.kafka,
             rate=args.rate,
             batch=max(1, args.batch),
             progress=lambda n: print(f"\rsent {n}/{len(ds.events)}", end="", file=sys.stderr),
@@ -349,6 +434,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     if set(args.seeds) & set(args.honest_seeds):
         raise ConfigError("--seeds and --honest-seeds must differ")
+    _output_file(args.json, "--json")
     scenario = evaluate.Scenario(
         seeds=args.seeds,
         honest_seeds=args.honest_seeds,
@@ -377,6 +463,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.views is not None and args.views < 1:
         raise ConfigError("--views must be at least 1")
+    _output_file(args.json, "--json")
+    _output_dir(args.profile, "--profile")
     cfg = bench.BenchConfig.make(args.quick, args.views, settings.partitions, args.profile, args.input_batch)
     try:
         return bench.run(
@@ -390,7 +478,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.clickhouse import ClickHouse
 
-    ch = ClickHouse(settings.clickhouse_dsn)
+    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse_ca_file)
     try:
         applied = ch.migrate()
     finally:

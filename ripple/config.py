@@ -1,17 +1,28 @@
 """Settings: one frozen object, read from the environment and the command line.
 
 No other module reads ``os.environ``. Every option has an environment variable
-``RIPPLE_<NAME>``; command-line flags override the environment.
+``RIPPLE_<NAME>``; command-line flags override the environment. Secrets (the API token,
+the Kafka SASL password) come only from the environment or from a file named by
+``RIPPLE_<NAME>_FILE``, never from a flag (flags show in ``ps``), and are held as
+:class:`Secret`, whose ``repr`` hides the value.
+
+Kafka security is mapped to client options in one place, :class:`KafkaSecurity`: librdkafka
+properties for confluent-kafka, keyword arguments for aiokafka, credentials for Faust.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
 import os
+import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from streams.fraud import FraudConfigError, load_config
 from streams.models import MODELS, POLICIES
@@ -46,20 +57,161 @@ INTERNAL_TOPICS = (
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Variables that configure how Ripple reaches an external broker or guards its API. Commands
+#: that start a stack of their own on an embedded broker (``evaluate``, ``bench``) drop them
+#: from their children's environment.
+SECURITY_VARIABLES = (
+    "RIPPLE_API_TOKEN",
+    "RIPPLE_API_TOKEN_FILE",
+    "RIPPLE_KAFKA_SECURITY_PROTOCOL",
+    "RIPPLE_KAFKA_SASL_MECHANISM",
+    "RIPPLE_KAFKA_SASL_USERNAME",
+    "RIPPLE_KAFKA_SASL_PASSWORD",
+    "RIPPLE_KAFKA_SASL_PASSWORD_FILE",
+    "RIPPLE_KAFKA_SSL_CA_FILE",
+)
+#: An API token: at least this many characters, printable ASCII without spaces.
+API_TOKEN_MIN_LENGTH = 16
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
 
 class ConfigError(ValueError):
     """A setting has a value Ripple cannot run with. The message is one line for the user."""
 
 
+class Secret:
+    """A password or token. Its value only through :meth:`get`; ``repr`` and ``str`` hide it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def matches(self, candidate: str) -> bool:
+        """Constant-time comparison with ``candidate``."""
+        return hmac.compare_digest(self._value.encode(), candidate.encode())
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.matches(self._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (``http://user:***@host:8123``), for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<unparsable DSN>"
+
+
 @dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client of Ripple authenticates and encrypts: the one mapping of the
+    ``RIPPLE_KAFKA_*`` settings onto confluent-kafka, aiokafka and Faust."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_file: Path | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def confluent(self) -> dict[str, Any]:
+        """librdkafka properties for a confluent-kafka Producer, Consumer or AdminClient."""
+        config: dict[str, Any] = {"security.protocol": self.protocol.lower()}
+        if self.sasl:
+            assert self.sasl_username is not None and self.sasl_password is not None
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password.get()
+        if self.tls:
+            config["enable.ssl.certificate.verification"] = True
+            config["ssl.endpoint.identification.algorithm"] = "https"  # the broker's name must match
+            if self.ssl_ca_file is not None:
+                config["ssl.ca.location"] = str(self.ssl_ca_file)
+        return config
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context (the CA file, else the system's CAs), or None without TLS."""
+        if not self.tls:
+            return None
+        cafile = str(self.ssl_ca_file) if self.ssl_ca_file is not None else None
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka client (consumer, producer, admin)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.sasl:
+            assert self.sasl_username is not None and self.sasl_password is not None
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get()
+        if self.tls:
+            kwargs["ssl_context"] = self.ssl_context()
+        return kwargs
+
+    def faust_credentials(self) -> Any:
+        """Faust's ``broker_credentials``: SASL or SSL credentials, or None for PLAINTEXT."""
+        import faust
+
+        if self.sasl:
+            assert self.sasl_username is not None and self.sasl_password is not None
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password.get(),
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context(),  # None: SASL_PLAINTEXT, else SASL_SSL
+            )
+        if self.tls:
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
+
+PLAINTEXT = KafkaSecurity()
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     data_dir: Path = Path(".ripple")
     bootstrap: str | None = None  # None: start the embedded broker
     clickhouse: str | None = None  # None: chdb://<data_dir>/clickhouse
+    clickhouse_ca_file: Path | None = None  # CA bundle for an https:// ClickHouse (default: the system's)
     web_port: int | None = None  # None: the command's own default (up 8080, worker 6066, sink 8081)
     web_host: str = "127.0.0.1"
+    api_token: Secret | None = None  # when set, /api/* needs "Authorization: Bearer <token>"
     partitions: int = 8
     log_level: str = "info"
+    # Kafka security (see KafkaSecurity)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None  # None: PLAIN
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: Secret | None = None
+    kafka_ssl_ca_file: Path | None = None
     # attribution
     click_window_ms: int = 30 * DAY_MS
     view_window_ms: int = DAY_MS
@@ -78,11 +230,35 @@ class Settings:
     sink_batch_ms: int = 500
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        values = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "clickhouse" and value is not None:
+                value = redact_dsn(value)
+            values.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(values)})"
+
     @property
     def clickhouse_dsn(self) -> str:
         if self.clickhouse:
             return self.clickhouse
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def clickhouse_display(self) -> str:
+        """The DSN without its password, for messages."""
+        return redact_dsn(self.clickhouse_dsn)
+
+    @property
+    def kafka(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism or "PLAIN",
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_ca_file=self.kafka_ssl_ca_file,
+        )
 
     @property
     def runtime_file(self) -> Path:
@@ -97,8 +273,46 @@ class Settings:
 
 
 _INT_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.type in ("int", int, "int | None")}
-_STR_FIELDS = {"bootstrap", "clickhouse", "web_host", "log_level", "policy", "commission_model"}
+_STR_FIELDS = {
+    "bootstrap",
+    "clickhouse",
+    "web_host",
+    "log_level",
+    "policy",
+    "commission_model",
+    "kafka_sasl_username",
+}
+_UPPER_FIELDS = {"kafka_security_protocol", "kafka_sasl_mechanism"}  # read case-insensitively
+_PATH_FIELDS = {"data_dir", "fraud_rules", "kafka_ssl_ca_file", "clickhouse_ca_file"}
+_SECRET_FIELDS = {"api_token", "kafka_sasl_password"}
 _LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+#: the largest integer any setting takes (ClickHouse and Kafka store times as signed 64-bit)
+_INT_MAX = 2**62
+
+
+def _variable(name: str) -> str:
+    return f"RIPPLE_{name.upper()}"
+
+
+def _read_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    """``RIPPLE_<NAME>`` or the first line of the file ``RIPPLE_<NAME>_FILE`` names."""
+    var = _variable(name)
+    value, path = env.get(var) or None, env.get(f"{var}_FILE") or None
+    if value is not None and path is not None:
+        raise ConfigError(f"set {var} or {var}_FILE, not both")
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{var}_FILE: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{var}_FILE: {path} is not UTF-8 text") from None
+        value = text.strip()
+        if not value:
+            raise ConfigError(f"{var}_FILE: {path} is empty")
+        if "\n" in value:
+            raise ConfigError(f"{var}_FILE: {path} must hold the secret on one line")
+    return Secret(value) if value is not None else None
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -109,22 +323,33 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for name in _INT_FIELDS:
-        raw = env.get(f"RIPPLE_{name.upper()}")
-        if raw is not None and raw != "":
+        raw = env.get(_variable(name))
+        if raw is not None and raw.strip() != "":
             try:
                 values[name] = int(raw)
             except ValueError:
-                raise ConfigError(f"RIPPLE_{name.upper()}={raw!r} is not an integer") from None
+                raise ConfigError(f"{_variable(name)}={raw!r} is not an integer") from None
+            if abs(values[name]) > _INT_MAX:
+                raise ConfigError(f"{_variable(name)}={raw!r} is out of range")
     for name in _STR_FIELDS:
-        raw = env.get(f"RIPPLE_{name.upper()}")
+        raw = env.get(_variable(name))
         if raw:
             values[name] = raw
-    for name in ("data_dir", "fraud_rules"):
-        if env.get(f"RIPPLE_{name.upper()}"):
-            values[name] = Path(env[f"RIPPLE_{name.upper()}"])
+    for name in _UPPER_FIELDS:
+        raw = env.get(_variable(name))
+        if raw:
+            values[name] = raw.strip().upper()
+    for name in _PATH_FIELDS:
+        raw = env.get(_variable(name))
+        if raw:
+            values[name] = Path(raw)
+    for name in _SECRET_FIELDS:
+        secret = _read_secret(env, name)
+        if secret is not None:
+            values[name] = secret
     for key, value in overrides.items():
         if value is not None:
-            values[key] = Path(value) if key in ("data_dir", "fraud_rules") else value
+            values[key] = Path(value) if key in _PATH_FIELDS else value
     settings = Settings(**values)
     validate(settings)
     return settings
@@ -145,26 +370,102 @@ def validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
-    if s.max_lateness_ms < 0:
-        raise ConfigError(f"max_lateness_ms must be zero or positive, got {s.max_lateness_ms}")
+    for name in ("max_lateness_ms", "max_future_ms"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be zero or positive, got {getattr(s, name)}")
     if s.web_port is not None and not 0 <= s.web_port <= 65535:
         raise ConfigError(f"web port must be between 0 and 65535, got {s.web_port}")
+    check_host(s.web_host, "web host (RIPPLE_WEB_HOST)")
     if s.partitions > 1024:
         raise ConfigError(f"partitions must be at most 1024, got {s.partitions}")
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        raise ConfigError(f"data dir {s.data_dir} exists and is not a directory")
     if s.bootstrap is not None:
         check_hostport(s.bootstrap, "bootstrap")
-    if s.clickhouse is not None and not s.clickhouse.startswith(("chdb://", "http://", "https://")):
-        raise ConfigError(f"ClickHouse DSN must start with chdb://, http:// or https://, got {s.clickhouse!r}")
+    if s.clickhouse is not None:
+        check_clickhouse_dsn(s.clickhouse)
+    if s.clickhouse_ca_file is not None:
+        if not s.clickhouse_dsn.startswith("https://"):
+            raise ConfigError("RIPPLE_CLICKHOUSE_CA_FILE is only used with an https:// ClickHouse DSN")
+        check_ca_file(s.clickhouse_ca_file, "RIPPLE_CLICKHOUSE_CA_FILE")
     if s.policy not in POLICIES:
         raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {s.policy!r}")
     if s.commission_model not in MODELS:
         raise ConfigError(f"commission model must be one of {', '.join(MODELS)}, got {s.commission_model!r}")
     if s.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    if s.api_token is not None:
+        token = s.api_token.get()  # never part of a message
+        if len(token) < API_TOKEN_MIN_LENGTH or not _TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"RIPPLE_API_TOKEN must be at least {API_TOKEN_MIN_LENGTH} printable ASCII characters "
+                "without spaces (e.g. openssl rand -hex 32)"
+            )
+    validate_kafka_security(s)
     try:
         load_config(s.fraud_rules) if s.fraud_rules else load_config()
     except FraudConfigError as exc:
         raise ConfigError(f"fraud rules: {exc}") from None
+
+
+def validate_kafka_security(s: Settings) -> None:
+    protocol = s.kafka_security_protocol
+    if protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"RIPPLE_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}, got {protocol!r}"
+        )
+    sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    if s.kafka_sasl_mechanism is not None and s.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+        raise ConfigError(
+            f"RIPPLE_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+            f"got {s.kafka_sasl_mechanism!r}"
+        )
+    if sasl:
+        if not s.kafka_sasl_username:
+            raise ConfigError(f"RIPPLE_KAFKA_SECURITY_PROTOCOL={protocol} needs RIPPLE_KAFKA_SASL_USERNAME")
+        if s.kafka_sasl_password is None:
+            raise ConfigError(
+                f"RIPPLE_KAFKA_SECURITY_PROTOCOL={protocol} needs RIPPLE_KAFKA_SASL_PASSWORD "
+                "(or RIPPLE_KAFKA_SASL_PASSWORD_FILE)"
+            )
+    else:
+        for name, value in (
+            ("RIPPLE_KAFKA_SASL_MECHANISM", s.kafka_sasl_mechanism),
+            ("RIPPLE_KAFKA_SASL_USERNAME", s.kafka_sasl_username),
+            ("RIPPLE_KAFKA_SASL_PASSWORD", s.kafka_sasl_password),
+        ):
+            if value is not None:
+                raise ConfigError(
+                    f"{name} is set but RIPPLE_KAFKA_SECURITY_PROTOCOL is {protocol}: use SASL_PLAINTEXT or SASL_SSL"
+                )
+    if s.kafka_ssl_ca_file is not None:
+        if protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(
+                f"RIPPLE_KAFKA_SSL_CA_FILE is set but RIPPLE_KAFKA_SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL"
+            )
+        check_ca_file(s.kafka_ssl_ca_file, "RIPPLE_KAFKA_SSL_CA_FILE")
+
+
+def check_ca_file(path: Path, what: str) -> None:
+    """A readable PEM bundle of CA certificates."""
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} is not a file")
+    try:
+        ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a PEM CA bundle"
+        raise ConfigError(f"{what}: cannot load {path}: {reason}") from None
+
+
+def check_host(value: str, what: str) -> None:
+    """An IP address or a host name."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise ConfigError(f"{what} must be an IP address or a host name, got {value!r}")
 
 
 def check_hostport(value: str, what: str) -> None:
@@ -172,3 +473,37 @@ def check_hostport(value: str, what: str) -> None:
         host, sep, port = server.strip().rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{what} must be HOST:PORT[,HOST:PORT...], got {value!r}")
+        try:
+            check_host(host, what)
+        except ConfigError:
+            raise ConfigError(f"{what} must be HOST:PORT[,HOST:PORT...], got {value!r}") from None
+
+
+def check_clickhouse_dsn(dsn: str) -> None:
+    """``chdb://PATH``, or ``http(s)://[user[:password]@]host[:port][/database]``. Messages
+    never repeat the password."""
+    shown = redact_dsn(dsn)
+    if dsn.startswith("chdb://"):
+        if not dsn[len("chdb://") :].strip():
+            raise ConfigError("ClickHouse DSN chdb:// needs a path: chdb://PATH")
+        return
+    if not dsn.startswith(("http://", "https://")):
+        raise ConfigError(f"ClickHouse DSN must start with chdb://, http:// or https://, got {shown!r}")
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"ClickHouse DSN {shown!r} is not a valid URL (bad port?)") from None
+    if not parts.hostname:
+        raise ConfigError(f"ClickHouse DSN {shown!r} has no host")
+    check_host(parts.hostname, "ClickHouse DSN host")
+    if port == 0:
+        raise ConfigError(f"ClickHouse DSN {shown!r}: port must be between 1 and 65535")
+    options = {k.lower(): v for k, v in parse_qs(parts.query).items()}
+    if "verify" in options and options["verify"][-1].lower() not in ("1", "true", "yes"):
+        raise ConfigError(
+            "ClickHouse DSN: verify=false is not allowed; give the server's CA in RIPPLE_CLICKHOUSE_CA_FILE"
+        )
+    for name in ("secure", "interface"):
+        if name in options:
+            raise ConfigError(f"ClickHouse DSN: the scheme chooses TLS; drop {name}= from {shown!r}")

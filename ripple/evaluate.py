@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ripple.broker import free_port
+from ripple.config import SECURITY_VARIABLES
 from ripple.simulate import SimConfig, generate, parse_inject, produce
 from streams.fraud import RULE_SEVERITIES, load_config
 
@@ -199,7 +200,8 @@ def run_stack(
     """Start ``ripple up`` on ``data``, send every program, wait until all of it is in
     ClickHouse, stop. The chDB files under ``data / "clickhouse"`` are then free to open."""
     env = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(LATENESS_MS)}
-    env.pop("RIPPLE_WEB_PORT", None)
+    for name in ("RIPPLE_WEB_PORT", "RIPPLE_BOOTSTRAP", "RIPPLE_CLICKHOUSE", *SECURITY_VARIABLES):
+        env.pop(name, None)  # a stack of its own: embedded broker and chDB, its API open on loopback
     data.mkdir(parents=True, exist_ok=True)
     log = (data / "up.log").open("w")
     proc = subprocess.Popen(

@@ -69,14 +69,15 @@ class SinkService:
     def __init__(self, settings: Settings, web_port: int | None) -> None:
         self.settings = settings
         self.metrics = SinkMetrics()
-        self.ch = ClickHouse(settings.clickhouse_dsn)
+        self.ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse_ca_file)
         self.ch.migrate()
         self.sink = Sink(settings, self.ch, self.metrics)
-        self.monitor = OffsetMonitor(settings.bootstrap) if settings.bootstrap else None
+        kafka = settings.kafka
+        self.monitor = OffsetMonitor(settings.bootstrap, security=kafka) if settings.bootstrap else None
         self.pipeline = (
             [
-                OffsetMonitor(settings.bootstrap, topics=INTERNAL_TOPICS),
-                OffsetMonitor(settings.bootstrap, SINK_GROUP, SINK_TOPICS),
+                OffsetMonitor(settings.bootstrap, topics=INTERNAL_TOPICS, security=kafka),
+                OffsetMonitor(settings.bootstrap, SINK_GROUP, SINK_TOPICS, security=kafka),
             ]
             if settings.bootstrap
             else []
@@ -97,7 +98,13 @@ class SinkService:
         self.thread.start()
         if self.web_port is not None:
             app = build_app(
-                self.ch, self.metrics, self.sink.status, self.monitor, self.pipeline, lambda: dict(self.sink.written)
+                self.ch,
+                self.metrics,
+                self.sink.status,
+                self.monitor,
+                self.pipeline,
+                lambda: dict(self.sink.written),
+                api_token=self.settings.api_token,
             )
             self.runner = await serve(app, self.settings.web_host, self.web_port)
 
@@ -182,7 +189,7 @@ class Up:
         else:
             self.say(f"broker     {s.bootstrap}")
         assert s.bootstrap is not None
-        created = create_topics(s.bootstrap, s.partitions)
+        created = create_topics(s.bootstrap, s.partitions, s.kafka)
         self.say(f"topics     {len(created)} created, {s.partitions} partitions each")
         worker_port = free_port()
         self.worker_url = f"http://127.0.0.1:{worker_port}"
@@ -200,8 +207,8 @@ class Up:
         self.service = SinkService(s, s.web_port)
         await self.service.start()
         web = f"http://{s.web_host}:{s.web_port}"
-        self.say(f"clickhouse {s.clickhouse_dsn}")
-        self.say(f"dashboard  {web}/")
+        self.say(f"clickhouse {s.clickhouse_display}")
+        self.say(f"dashboard  {web}/" + ("?token=<RIPPLE_API_TOKEN> (the API needs the token)" if s.api_token else ""))
         runtime = {"bootstrap": s.bootstrap, "web": web, "worker_metrics": f"http://127.0.0.1:{worker_port}"}
         s.runtime_file.write_text(json.dumps(runtime, indent=2) + "\n")
         if self.demo:
@@ -223,11 +230,12 @@ class Up:
             inject_count=1,
         )
         bootstrap = str(self.settings.bootstrap)
+        security = self.settings.kafka
 
         def run() -> None:
             try:
                 for batch in demo_stream(cfg, self.sim_stop.is_set):
-                    n = produce(batch, bootstrap, rate=self.demo_rate, stop=self.sim_stop.is_set)
+                    n = produce(batch, bootstrap, rate=self.demo_rate, stop=self.sim_stop.is_set, security=security)
                     self.sim_sent += n
             except Exception:
                 log.exception("simulator stopped")

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from ripple.config import DAY_MS
+from ripple.config import DAY_MS, PLAINTEXT, KafkaSecurity
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
@@ -1286,9 +1286,10 @@ def write_out(ds: Dataset, out: Path) -> None:
     (out / "ground_truth.json").write_bytes(orjson.dumps(ds.truth, option=orjson.OPT_INDENT_2))
 
 
-def producer_config(bootstrap: str) -> dict[str, Any]:
+def producer_config(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
+        **security.confluent(),
         "partitioner": "murmur2_random",  # same placement as Faust/aiokafka/Java clients
         "enable.idempotence": True,
         "acks": "all",
@@ -1335,12 +1336,13 @@ def produce(
     progress: Callable[[int], None] | None = None,
     stop: Callable[[], bool] | None = None,
     batch: int = 1,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Send messages in order; ``rate`` > 0 paces them (messages per second). ``batch`` > 1
     sends events as JSON arrays of up to that many per topic partition, as a collector does."""
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(bootstrap, security))
     if batch > 1:
         meta = producer.list_topics(timeout=10)
         counts = {name: len(t.partitions) for name, t in meta.topics.items() if t.partitions}
@@ -1367,7 +1369,9 @@ def produce(
                     time.sleep(ahead)
     remaining = producer.flush(30)
     if remaining:
-        raise RuntimeError(f"{remaining} messages were not delivered to {bootstrap}")
+        from ripple.broker import BrokerError
+
+        raise BrokerError(f"{remaining} messages were not delivered to {bootstrap}")
     return sent
 
 

@@ -1,13 +1,16 @@
 """The web server of the sink process: ``/`` (dashboard), ``/healthz``, ``/metrics``, ``/api/*``.
 
-In embedded mode the sink owns chDB, so the dashboard's queries run here.
+In embedded mode the sink owns chDB, so the dashboard's queries run here. With an API token
+(``RIPPLE_API_TOKEN``) every path but ``/``, ``/healthz`` and ``/metrics`` answers 401 unless
+the request carries ``Authorization: Bearer <token>``; the page itself holds no data and
+sends the token it was opened with (``/?token=...``) on its API calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 
 from ripple import dashboard
-from ripple.config import INPUT_TOPICS
+from ripple.config import INPUT_TOPICS, PLAINTEXT, KafkaSecurity, Secret
 from ripple.metrics import SinkMetrics
 from sinks.clickhouse import ClickHouse
 
@@ -73,11 +76,18 @@ SELECT
 class OffsetMonitor:
     """Committed offsets and lag of a consumer group, per topic (the worker group by default)."""
 
-    def __init__(self, bootstrap: str, group: str = WORKER_GROUP, topics: tuple[str, ...] = INPUT_TOPICS) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str = WORKER_GROUP,
+        topics: tuple[str, ...] = INPUT_TOPICS,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self.topics = topics
         self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
+                **security.confluent(),
                 "group.id": group,
                 "enable.auto.commit": False,
                 "logger": logging.getLogger("ripple.kafka"),
@@ -113,8 +123,9 @@ def build_app(
     monitor: OffsetMonitor | None,
     pipeline: list[OffsetMonitor] | None = None,
     sink_written: Callable[[], dict[str, int]] = dict,
+    api_token: Secret | None = None,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_auth(api_token)] if api_token is not None else [])
     loop_run = asyncio.get_running_loop
 
     async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
@@ -192,6 +203,30 @@ def build_app(
     app.router.add_get("/api/chains", top_chains)
     app.router.add_get("/api/view/{name}", view)
     return app
+
+
+#: open without a token: the page (static, no data), the health check and Prometheus's scrape target
+OPEN_PATHS = frozenset({"/", "/healthz", "/metrics"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_auth(token: Secret) -> Any:
+    """Middleware: every path outside :data:`OPEN_PATHS` needs ``Authorization: Bearer <token>``
+    (compared in constant time). Unknown paths answer 401 too, so nothing new is open by mistake."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.matches(given.strip()):
+            raise web.HTTPUnauthorized(
+                text="this API needs the header Authorization: Bearer <RIPPLE_API_TOKEN>",
+                headers={"WWW-Authenticate": 'Bearer realm="ripple"'},
+            )
+        return await handler(request)
+
+    return check
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:

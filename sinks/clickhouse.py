@@ -18,10 +18,14 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from ripple.config import redact_dsn
+
 log = logging.getLogger("ripple.sink")
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
 _DDL_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+#: a table name the sink inserts into (a name cannot be a query parameter: it is checked instead)
+_TABLE = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 class ClickHouseUnavailable(RuntimeError):
@@ -32,16 +36,22 @@ class ClickHouseUnavailable(RuntimeError):
         self.retry_after = retry_after
 
 
-def connect(dsn: str) -> Client:
-    """Open a client. ``chdb://PATH`` opens the embedded engine (one path per process)."""
+def connect(dsn: str, ca_file: Path | None = None) -> Client:
+    """Open a client. ``chdb://PATH`` opens the embedded engine (one path per process);
+    ``http(s)://[user[:password]@]host[:port]`` a server. ``https://`` always speaks TLS and
+    verifies the server's certificate and name, against ``ca_file`` if given, else the
+    system's CAs (clickhouse-connect by itself takes TLS from the port, not the scheme)."""
     if dsn.startswith("chdb://"):
         path = Path(dsn[len("chdb://") :])
         path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
     parsed = urlparse(dsn)
-    if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"unsupported ClickHouse DSN {dsn!r}")
-    return clickhouse_connect.get_client(dsn=dsn)
+    if parsed.scheme == "http":
+        return clickhouse_connect.get_client(dsn=dsn, interface="http", secure=False)
+    if parsed.scheme == "https":
+        ca = str(ca_file) if ca_file is not None else None
+        return clickhouse_connect.get_client(dsn=dsn, interface="https", secure=True, verify=True, ca_cert=ca)
+    raise ValueError(f"unsupported ClickHouse DSN {redact_dsn(dsn)!r}")
 
 
 def ddl_files(directory: Path = DDL_DIR) -> list[tuple[int, Path]]:
@@ -64,9 +74,9 @@ def split_statements(sql: str) -> list[str]:
 class ClickHouse:
     """Thread-safe wrapper: one client, one lock (chDB is one engine per process)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, ca_file: Path | None = None) -> None:
         self.dsn = dsn
-        self.client = connect(dsn)
+        self.client = connect(dsn, ca_file)
         self.lock = threading.Lock()
 
     def close(self) -> None:
@@ -95,6 +105,8 @@ class ClickHouse:
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> float:
         """Insert rows; returns the seconds it took. Raises :class:`ClickHouseUnavailable`."""
+        if not _TABLE.fullmatch(table):
+            raise ValueError(f"not a table name: {table!r}")
         started = time.perf_counter()
         try:
             with self.lock:

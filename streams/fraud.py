@@ -76,6 +76,8 @@ def _lines(path: Path) -> list[str]:
         text = path.read_text()
     except OSError as exc:
         raise FraudConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FraudConfigError(f"{path} is not UTF-8 text") from None
     return [ln.strip().lower() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
@@ -84,13 +86,20 @@ def load_config(path: Path = FRAUD_DIR / "rules.json") -> FraudConfig:
         raw = json.loads(path.read_text())
     except OSError as exc:
         raise FraudConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FraudConfigError(f"{path} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise FraudConfigError(f"{path} is not JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(raw, dict) or raw.get("version") not in SUPPORTED_VERSIONS:
+    if not isinstance(raw, dict):
+        raise FraudConfigError(f"{path}: expected a JSON object with 'version' and 'rules'")
+    if raw.get("version") not in SUPPORTED_VERSIONS:
         raise FraudConfigError(f"{path}: version must be one of {SUPPORTED_VERSIONS}, got {raw.get('version')!r}")
     rules = raw.get("rules")
     if not isinstance(rules, dict):
         raise FraudConfigError(f"{path}: 'rules' must be an object")
+    for name in ("bot_click", "code_leakage"):  # read with .get below
+        if not isinstance(rules.get(name, {}), dict):
+            raise FraudConfigError(f"{path}: rules.{name} must be an object")
     block = _number(rules, "click_injection", "block_below_ms", 0, 3_600_000)
     flag = _number(rules, "click_injection", "flag_below_ms", 0, 86_400_000)
     if flag < block:
