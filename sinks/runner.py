@@ -47,11 +47,15 @@ class Sink:
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap,
+                **settings.kafka.confluent(),
                 "group.id": SINK_GROUP,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 2000,
+                # while ClickHouse refuses writes the sink retries without reading (backpressure):
+                # it stays in its group however long that takes, and reads on where it stopped
+                "max.poll.interval.ms": 86_400_000,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "queued.max.messages.kbytes": 262144,
                 "logger": logging.getLogger("ripple.kafka"),

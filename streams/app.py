@@ -17,9 +17,11 @@ state written once per key and batch, all of it handed to the producer when the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -28,16 +30,17 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
-from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, Settings
+from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, PLAINTEXT, KafkaSecurity, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_for
 from streams import attribution as attr
 from streams import chains, faust_fixes, fraud, lineage
 from streams import commission as comm
 from streams import referrer as referrer_logic
-from streams.events import Rejected, decode
+from streams.events import Rejected, decode, message_time
 from streams.reference import ReferenceData
 
 log = logging.getLogger("ripple.worker")
@@ -74,26 +77,36 @@ def keyed_records(msg: Any) -> list[tuple[str, Any]]:
 class ReferenceReader(Service):
     """Reads the compacted ``codes`` and ``creators`` topics in full, on every worker."""
 
-    def __init__(self, bootstrap: str, data: ReferenceData, group: str = APP_ID) -> None:
+    def __init__(
+        self, bootstrap: str, data: ReferenceData, group: str = APP_ID, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         super().__init__()
         self.bootstrap = bootstrap
+        self.security = security
         self.data = data
         self.group = group
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # never fetches: asks for end offsets only
         self._admin: AIOKafkaAdminClient | None = None  # the group's committed offsets
+        self._tail: AIOKafkaConsumer | None = None  # reads the last batch of a partition (see ``_true_ends``)
+        self._tail_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
         self._ready = asyncio.Event()
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        auth = self.security.aiokafka()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None, **auth
+        )
         await self._consumer.start()
         await self._consumer.topics()  # loads metadata for every topic
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        self._offsets = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None, **auth
+        )
         await self._offsets.start()
         await self._offsets.topics()
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **auth)
         await self._admin.start()
         parts = []
         for topic in ("codes", "creators"):
@@ -105,7 +118,7 @@ class ReferenceReader(Service):
         self._ready.set()
 
     async def on_stop(self) -> None:
-        for consumer in (self._consumer, self._offsets):
+        for consumer in (self._consumer, self._offsets, self._tail):
             if consumer is not None:
                 await consumer.stop()
         if self._admin is not None:
@@ -122,7 +135,7 @@ class ReferenceReader(Service):
             batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000))
         for tp, messages in batches.items():
             for msg in messages:
-                good, _ = decode(tp.topic, msg.value, msg.timestamp)  # aiokafka: ms
+                good, _ = decode(tp.topic, msg.value, message_time(msg.timestamp, int(time.time() * 1000)))  # ms
                 for event in good:
                     self.data.apply(tp.topic, event)
 
@@ -144,8 +157,13 @@ class ReferenceReader(Service):
         parts = list(consumer.assignment())
         if not parts:
             return
-        ends = await consumer.end_offsets(parts)
+        ends = await self._true_ends(await consumer.end_offsets(parts))
+        deadline = time.monotonic() + 30
         while not await self._reached(ends):
+            if time.monotonic() > deadline:
+                positions = {str(tp): await consumer.position(tp) for tp in ends}
+                log.warning("reference topics not read up to %s after 30 s (at %s)", ends, positions)
+                return
             await self._read_once(0.05)
 
     async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
@@ -154,8 +172,63 @@ class ReferenceReader(Service):
         which the broker holds for up to its maximum wait."""
         await self._ready.wait()
         assert self._offsets is not None
-        ends = await self._offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        ends = await self._true_ends(
+            await self._offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        )
         return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+
+    async def true_ends(self, ends: dict[Any, int]) -> dict[Any, int]:
+        """:meth:`_true_ends` for partitions of any tuple type ``(topic, partition)``."""
+        found = await self._true_ends({TopicPartition(tp[0], tp[1]): end for tp, end in ends.items()})
+        return {tp: found[TopicPartition(tp[0], tp[1])] for tp in ends}
+
+    async def _true_ends(self, ends: dict[TopicPartition, int], timeout: float = 5.0) -> dict[TopicPartition, int]:
+        """End offsets that count every record of the last batch.
+
+        The embedded broker answers a request for the latest offset with the offset of the
+        last record *batch* plus one, not past its last record (a producer's batch of ten
+        records ending at offset 9 reads as 1). Reading from that offset returns the
+        batch, whose last record gives the true end; on Kafka, where the answer is exact,
+        the read returns the last record and changes nothing."""
+        probe = [tp for tp, end in ends.items() if end > 0]
+        if not probe:
+            return ends
+        out = dict(ends)
+        async with self._tail_lock:
+            if self._tail is None:  # on first use: table recovery may ask before this service starts
+                self._tail = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap,
+                    enable_auto_commit=False,
+                    group_id=None,
+                    fetch_max_wait_ms=10,  # 0 makes the embedded broker answer empty
+                    # the embedded broker returns nothing for a batch larger than this (Kafka
+                    # returns it anyway): room for the largest batch a producer sends (1 MB)
+                    max_partition_fetch_bytes=2 * 1024 * 1024,
+                    **self.security.aiokafka(),
+                )
+                await self._tail.start()
+            held = self._tail.assignment()
+            if not set(probe) <= held:  # assigned once, paused between reads (no fetching)
+                self._tail.assign(sorted(held | set(probe)))
+                self._tail.pause(*self._tail.assignment())
+            self._tail.resume(*probe)
+            for tp in probe:
+                self._tail.seek(tp, ends[tp] - 1)
+            waiting = set(probe)
+            deadline = time.monotonic() + timeout
+            while waiting and time.monotonic() < deadline:
+                try:
+                    fetched = await self._tail.getmany(*waiting, timeout_ms=200)
+                except ConsumerStoppedError:  # the worker is stopping
+                    return ends
+                for tp, records in fetched.items():
+                    if records:
+                        out[tp] = max(out[tp], records[-1].offset + 1)
+                        waiting.discard(tp)
+            self._tail.pause(*probe)
+        if waiting:  # what the broker answered is the best known then
+            log.warning("could not read the last batch of %d partitions in %.0f s", len(waiting), timeout)
+        return out
 
     def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
         """Every partition of these topics (the metadata read at start: topics exist before
@@ -192,6 +265,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         APP_ID,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=settings.kafka.faust_credentials(),  # None: PLAINTEXT
         store="memory://",
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
@@ -200,6 +274,8 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_enabled=True,
+        web_tables_enabled=False,  # /table/... would serve visitors' state to anyone who can reach the port
+        web_router_enabled=False,  # /router/... (table_route) is not used; it lists the other workers
         producer_linger_ms=5,
         producer_compression_type="lz4",
         producer_max_batch_size=1_048_576,
@@ -213,8 +289,9 @@ def create_app(settings: Settings) -> faust.App:
         metrics.alerts.labels(rule, severity)
     rules = fraud.load_config(settings.fraud_rules) if settings.fraud_rules else fraud.load_config()
     reference = ReferenceData()
-    reader = ReferenceReader(settings.bootstrap, reference)
+    reader = ReferenceReader(settings.bootstrap, reference, security=settings.kafka)
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted at run time
+    faust_fixes.install_recovery_ends(reader.true_ends)
     windows = attr.Windows(
         click_ms=settings.click_window_ms,
         view_ms=settings.view_window_ms,
@@ -264,8 +341,9 @@ def create_app(settings: Settings) -> faust.App:
         (between the worker's agents) carry ``[[key, record], ...]`` in the partition of
         their keys (the partition that holds each key's state downstream), output topics
         a JSON array of rows (the sink needs no key). State changes go to the tables'
-        changelogs in the same flush. The batch's input offsets count as processed only
-        once its outputs are with the producer, which is what :class:`Settled` relies on."""
+        changelogs in the same flush, once the broker has the outputs. The batch's input
+        offsets count as processed only once its outputs are with the producer, which is
+        what :class:`Settled` relies on."""
 
         def __init__(self) -> None:
             self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
@@ -303,6 +381,7 @@ def create_app(settings: Settings) -> faust.App:
             # and its changelog buffer publishes one message at a time; the producer under it
             # batches. Faust flushes that producer before it commits offsets.
             producer = app.producer._producer  # type: ignore[attr-defined]  # the aiokafka producer Faust configured
+            outputs: list[asyncio.Future[Any]] = []
             for (name, partition), records in self.records.items():
                 internal = name in INTERNAL_TOPICS
                 for chunk in _chunks(records):
@@ -314,7 +393,18 @@ def create_app(settings: Settings) -> faust.App:
                         value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
                         sent = await producer.send(name, value, key=key)
                     sent.add_done_callback(_delivered)
+                    outputs.append(sent)
                 metrics.rows_out.labels(name).inc(len(records))
+            if outputs and self.changes:
+                # A key's new state is saved only once what the batch sent is in the broker: a
+                # crash in between must not leave a state that says "sent" (a flood verdict, a
+                # claim) beside outputs that never arrived. Read again after a restart, the
+                # batch meets the old state and sends the same records again.
+                _, late = await asyncio.wait(outputs, timeout=60)
+                if late:  # the producer could not deliver for a minute: read the batch again after a restart
+                    log.critical("%d outgoing messages undelivered after 60 s; exiting", len(late))
+                    logging.shutdown()
+                    os._exit(70)
             for topic, partition, kb, value in self.changes:
                 sent = await producer.send(topic, value, key=kb, partition=partition)
                 sent.add_done_callback(_delivered)
@@ -344,7 +434,8 @@ def create_app(settings: Settings) -> faust.App:
             msg = ev.message
             box.read(msg)
             metrics.messages_in.labels(msg.topic).inc()
-            good, bad = decode(msg.topic, msg.value, int(msg.timestamp * 1000), settings.max_future_ms)
+            now_ms = message_time(msg.timestamp * 1000, int(time.time() * 1000))  # Faust: seconds
+            good, bad = decode(msg.topic, msg.value, now_ms, settings.max_future_ms)
             if bad:
                 await dead_letter(msg.topic, msg.partition, msg.offset, bad)
             metrics.events_in.labels(msg.topic).inc(len(good))
@@ -360,17 +451,19 @@ def create_app(settings: Settings) -> faust.App:
             logging.shutdown()
             os._exit(70)
 
-    async def guarded(handler: Any, events: list[Any]) -> None:
+    async def guarded(handler: Any, events: list[Any], lock: asyncio.Lock | None = None) -> None:
         """Run one batch and send what it produced; on an unexpected error stop the process
         before anything is acked.
 
         Faust acks the events of an agent that raises and restarts it, which would lose
         the batch. Exiting instead leaves the batch uncommitted: the restarted worker
-        reads it again (every output is idempotent)."""
+        reads it again (every output is idempotent). ``lock``: held from the first read of
+        state to the last changelog record sent, when a timer changes the same table."""
         try:
-            box = Outbox()
-            await handler(events, box)
-            await box.flush()
+            async with lock or contextlib.nullcontext():
+                box = Outbox()
+                await handler(events, box)
+                await box.flush()
         except Exception:
             log.exception("unexpected error in a batch; exiting so it is read again after a restart")
             logging.shutdown()
@@ -625,7 +718,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic("ripple-credits", "ripple-lineage"), name="referrers")
     async def referrer_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await guarded(handle_referrer_batch, events)
+            await guarded(handle_referrer_batch, events, referrer_lock)
 
     async def handle_referrer_batch(events: list[Any], box: Outbox) -> None:
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -715,13 +808,21 @@ def create_app(settings: Settings) -> faust.App:
         parked_loaded = False
         pending_loaded.clear()
 
+    # The referrer agent and the release timer change referrer_state; a flush waits for the
+    # broker, so without this one's changelog record (a snapshot) could follow the other's.
+    referrer_lock = asyncio.Lock()
+
     @app.timer(0.05)  # cheap: a round only compares offsets this worker already knows
     async def release_parked() -> None:
-        box = Outbox()
-        await release_settled(box)
-        await box.flush()
+        if not await settled_now():
+            return
+        async with referrer_lock:
+            box = Outbox()
+            release_settled(box)
+            await box.flush()
 
-    async def release_settled(box: Outbox) -> None:
+    async def settled_now() -> bool:
+        """True when the settled time moved and some credit is parked."""
         nonlocal parked_loaded
         if not parked_loaded:  # after a start: find parked credits in the recovered table
             parked_loaded = True
@@ -730,8 +831,10 @@ def create_app(settings: Settings) -> faust.App:
                     parked.setdefault(key.decode(), -1)
         metrics.parked.set(len(parked))
         metrics.settled_lag.set(time.time() - (settled.before or started_at))
-        if not await settled.advance() or not parked:
-            return  # a customer's place is settled only once no claim can be on its way
+        # a customer's place is settled only once no claim can be on its way
+        return await settled.advance() and bool(parked)
+
+    def release_settled(box: Outbox) -> None:
         # customers with a place first: booking their credits sends claims to their friends;
         # one without a place may become a root only once no parked referrer (on any worker)
         # holds it — a hold ends after the claim it may bring (referrer.holds)
@@ -860,6 +963,31 @@ def create_app(settings: Settings) -> faust.App:
     async def reference_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             await guarded(decode_batch, events)
+
+    @app.task
+    async def dump_tasks_on_signal() -> None:
+        """``kill -USR1`` a worker to log where every task waits (a stalled agent shows here)."""
+
+        def awaits(coro: Any) -> list[str]:
+            frames: list[str] = []
+            while coro is not None and len(frames) < 40:
+                for attr_name in ("cr_frame", "gi_frame", "ag_frame"):
+                    frame = getattr(coro, attr_name, None)
+                    if frame is not None:
+                        code = frame.f_code
+                        frames.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{frame.f_lineno}")
+                        break
+                nxt = None
+                for attr_name in ("cr_await", "gi_yieldfrom", "ag_await"):
+                    nxt = nxt or getattr(coro, attr_name, None)
+                coro = nxt.get_coro() if isinstance(nxt, asyncio.Task) else nxt
+            return frames
+
+        def dump() -> None:
+            for task in asyncio.all_tasks():
+                log.warning("task %s: %s", task.get_name(), " -> ".join(awaits(task.get_coro())) or "(done)")
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
     @app.timer(5.0)
     async def sample_gauges() -> None:

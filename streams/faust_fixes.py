@@ -1,4 +1,5 @@
-"""A fix to faust-streaming 0.15's fetch loop: never skip a message of a stream topic.
+"""Fixes to faust-streaming 0.15: never skip a message of a stream topic; recover tables
+up to the true end of their changelogs (:func:`install_recovery_ends`).
 
 After a rebalance the consumer seeks to the committed offsets, but records fetched from a
 later position can still arrive first. Faust then records the missing range as a "gap"
@@ -17,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 
 log = logging.getLogger("ripple.worker")
@@ -138,3 +141,30 @@ def install(compacted_topics: tuple[str, ...]) -> None:
     cls.perform_seek = perform_seek
     cls.seek = seek
     cls._drain_messages = _drain_messages
+
+
+#: set by the app: end offsets that count every record of a partition's last batch
+TrueEnds = Callable[[dict[Any, int]], Awaitable[dict[Any, int]]]
+
+
+def install_recovery_ends(true_ends: TrueEnds) -> None:
+    """Recover tables up to the true end of their changelogs.
+
+    Faust reads a changelog until the broker's latest offset; the embedded broker answers
+    with the offset of the last record batch plus one, so recovery could end before the
+    rest of that batch — the newest state of its keys — was applied, and the worker would
+    go on from older state than it had saved. Recovery asks ``true_ends`` instead (see
+    ``streams.app.ReferenceReader.true_ends``); on Kafka the answer is the same."""
+    cls: Any = faust_recovery.Recovery
+
+    async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        reported = await consumer.highwaters(*tps)
+        known = {tp: value for tp, value in reported.items() if value is not None}
+        ends = await true_ends(known)
+        # Faust counts a partition recovered at its last offset (highwater - 1)
+        highwaters = {tp: ends[tp] - 1 if tp in ends else -1 for tp in reported}
+        self.log.info("Highwater for %s changelog partitions: %s", title, dict(sorted(highwaters.items())))
+        destination.clear()
+        destination.update(highwaters)
+
+    cls._build_highwaters = _build_highwaters

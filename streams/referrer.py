@@ -311,10 +311,21 @@ def _activity(state: dict[str, Any], row: dict[str, Any], credited: bool, ctx: C
     if not fraud.activity_order(act, row["order_id"], row["ts"], credited, ctx.rules) or not credited:
         return []
     spike = fraud.spike_check(act, row["ts"], ctx.rules)
+    ts = row["ts"]
+    if spike is None:
+        # An order that arrives after later hours (a backlog, a replay) changes their
+        # baselines: an hour that had too little history when its own orders came may be a
+        # spike now. Arrival order must not decide whether a spike is seen.
+        hour = row["ts"] // fraud.HOUR_MS
+        for later in sorted(h for h in map(int, act.get("h", {})) if h > hour):
+            spike = fraud.spike_check(act, later * fraud.HOUR_MS, ctx.rules)
+            if spike is not None:
+                ts = later * fraud.HOUR_MS
+                break
     if spike is None:
         return []
     referrer = row["referrer_id"]
-    return [alert("conversion_spike", "warning", referrer, row["ts"], spike, referrer)]
+    return [alert("conversion_spike", "warning", referrer, ts, spike, referrer)]
 
 
 def on_refund(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
