@@ -66,6 +66,12 @@ class WorkerMetrics(_Metrics):
             "How far behind the wall clock the time is up to which every claim on its way has been read",
             registry=r,
         )
+        self.unstuck = Counter(
+            "ripple_partitions_unstuck_total",
+            "Partitions read again after delivering nothing for a while with records waiting (a flow-control stall)",
+            ["topic"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

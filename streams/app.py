@@ -47,6 +47,10 @@ log = logging.getLogger("ripple.worker")
 
 APP_ID = "ripple"
 STREAM_TIME_KEY = "\x00stream_time"
+#: topics the worker's agents read (not changelogs, not the compacted reference topics)
+STREAM_TOPICS = frozenset({*COPARTITIONED_TOPICS, "refunds", *INTERNAL_TOPICS})
+#: how long a partition with records waiting may deliver nothing before it is read again
+STUCK_S = 15.0
 #: an outgoing message holds records up to about this many bytes (brokers refuse 1 MB by default)
 CHUNK_BYTES = 256 * 1024
 
@@ -183,6 +187,13 @@ class ReferenceReader(Service):
         return {tp: found[TopicPartition(tp[0], tp[1])] for tp in ends}
 
     async def _true_ends(self, ends: dict[TopicPartition, int], timeout: float = 5.0) -> dict[TopicPartition, int]:
+        try:
+            return await asyncio.wait_for(self._probe_ends(ends, timeout), timeout + 5)
+        except TimeoutError:
+            log.warning("reading the last batch of %d partitions took over %.0f s", len(ends), timeout + 5)
+            return ends
+
+    async def _probe_ends(self, ends: dict[TopicPartition, int], timeout: float) -> dict[TopicPartition, int]:
         """End offsets that count every record of the last batch.
 
         The embedded broker answers a request for the latest offset with the offset of the
@@ -986,8 +997,53 @@ def create_app(settings: Settings) -> faust.App:
         def dump() -> None:
             for task in asyncio.all_tasks():
                 log.warning("task %s: %s", task.get_name(), " -> ".join(awaits(task.get_coro())) or "(done)")
+            consumer: Any = app.consumer
+            log.warning("paused: %s", sorted(map(str, getattr(consumer, "_paused_partitions", ()))))
+            log.warning("active: %s", sorted(map(str, consumer._active_partitions or ())))
+            log.warning("buffered: %s", sorted(map(str, consumer._buffered_partitions)))
+            log.warning("read offsets: %s", {str(tp): o for tp, o in consumer._read_offset.items()})
+            log.warning("expected: %s", {str(tp): o for tp, o in getattr(consumer, "_ripple_next", {}).items()})
+            log.warning("processed: %s", dict(sorted(processed.items())))
+            log.warning("assignment: %s", sorted(map(str, consumer.assignment())))
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+
+    stuck_since: dict[Any, tuple[int, float]] = {}  # partition -> (expected offset, since when)
+
+    @app.timer(5.0)
+    async def unstick_partitions() -> None:
+        """A watchdog for Faust's flow control: a partition with records waiting whose
+        expected offset has not moved for ``STUCK_S`` is sought back to that offset and
+        fetched again. Seen under rebalances and restarts: the fetcher idle while records
+        of an assigned partition waited, never delivered (a partition left out of the
+        fetch set, or records dropped while it was). Reading again from the expected
+        offset repeats nothing: records behind it are dropped (streams.faust_fixes)."""
+        consumer: Any = app.consumer
+        if app.in_recovery or not consumer.flow_active:
+            stuck_since.clear()
+            return
+        expected: dict[Any, int] = getattr(consumer, "_ripple_next", {})
+        tps = [tp for tp in consumer.assignment() if tp.topic in STREAM_TOPICS and tp in expected]
+        if not tps:
+            return
+        ends = await reader.end_offsets(tps)
+        now = time.monotonic()
+        for tp in tps:
+            want = expected.get(tp)
+            if want is None or ends[tp] <= want or tp in consumer._paused_partitions:
+                stuck_since.pop(tp, None)
+                continue
+            seen = stuck_since.get(tp)
+            if seen is None or seen[0] != want:
+                stuck_since[tp] = (want, now)
+            elif now - seen[1] >= STUCK_S:
+                idle = now - seen[1]
+                log.warning("%s: no record delivered from offset %d for %.0f s; reading it again", tp, want, idle)
+                metrics.unstuck.labels(tp.topic).inc()
+                if consumer._active_partitions is not None:
+                    consumer._active_partitions.add(tp)
+                await consumer.seek(tp, want)
+                stuck_since[tp] = (want, now)
 
     @app.timer(5.0)
     async def sample_gauges() -> None:

@@ -322,10 +322,14 @@ def _activity(state: dict[str, Any], row: dict[str, Any], credited: bool, ctx: C
             if spike is not None:
                 ts = later * fraud.HOUR_MS
                 break
-    if spike is None:
-        return []
     referrer = row["referrer_id"]
-    return [alert("conversion_spike", "warning", referrer, ts, spike, referrer)]
+    out = [] if spike is None else [alert("conversion_spike", "warning", referrer, ts, spike, referrer)]
+    if act.get("r") and (found := fraud.refund_check(act, ctx.rules)) is not None:
+        # a refund noted before its order's credit arrived counts from now on: the rate is
+        # checked again, so arrival order does not decide whether it is seen
+        evidence = {**found, "order_id": row["order_id"]}
+        out.append(alert("refund_rate", "warning", referrer, row["ts"], evidence, referrer))
+    return out
 
 
 def on_refund(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
