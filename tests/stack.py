@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,14 @@ def get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def spawn(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "ripple", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV
+            [sys.executable, "-m", "ripple", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**ENV, **(env or {})},
         )
 
 
@@ -51,3 +56,24 @@ def assert_paid_as_the_truth(ch: ClickHouse, truth: dict[str, Any], context: str
     )
     # orders restated to nobody (a flood verdict) keep a commission entry of 0
     assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}, context
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll until ``predicate()`` is true; a web server not up yet counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass  # the web server is not up yet
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """The end of a test's stack: whatever still runs is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stack import assert_paid_as_the_truth, get, spawn
+from stack import assert_paid_as_the_truth, get, kill_all, spawn, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, parse_inject, produce
@@ -27,18 +27,6 @@ from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration
 INJECT_ALL = parse_inject("all")
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass  # the web server is not up yet
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +96,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
         yield ch, truth, problem
         ch.close()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         broker.stop()
 
 

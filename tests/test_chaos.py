@@ -1,0 +1,385 @@
+"""Crashes, restarts and rebalances in the middle of a run change nothing in the results.
+
+Broker, workers and sink run as separate processes, as in production. While a simulated
+program (every fraud pattern injected) is produced in chunks, the worker and the sink are
+killed with SIGKILL (no flush, no commit) or stopped with SIGTERM at moments drawn from the
+run's seed, and started again; in the rebalance run a second worker joins mid-run and the
+first one leaves later. After the pipeline drains, ClickHouse holds exactly the ground
+truth: the raw events, every credit and commission, the chains, the fraud verdicts and
+alerts, the dead letters, and ``creator_daily``. Seeds: ``RIPPLE_CHAOS_SEEDS`` (default 21,22).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from stack import assert_paid_as_the_truth, get, spawn
+
+from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.config import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
+from ripple.simulate import Dataset, SimConfig, generate, parse_inject, produce
+from sinks.clickhouse import ClickHouse
+from sinks.runner import SINK_GROUP
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+SEEDS = [int(s) for s in os.environ.get("RIPPLE_CHAOS_SEEDS", "21,22").split(",") if s.strip()]
+CHUNKS = 8
+WORKER_GROUP = "ripple"
+
+
+@dataclass
+class Proc:
+    """One restartable process: a worker or the sink, always on the same data dir and port."""
+
+    name: str
+    args: tuple[str, ...]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = spawn(*self.args, "--web-port", str(self.port), log=self.log)
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"{self.name}.{self.starts}.log"
+
+    def stop(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def metric(self, prefix: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
+            lines = resp.read().decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
+@dataclass
+class Run:
+    ch: ClickHouse
+    ds: Dataset
+    actions: list[str]
+    problem: str
+    #: after the drain: the group's committed offsets minus the end offsets (0 everywhere = all committed)
+    uncommitted: dict[str, int]
+    #: messages a worker and a sink restarted after a SIGTERM at the end read again
+    reread: dict[str, float]
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass  # a web server restarting
+        time.sleep(1)
+    return False
+
+
+def uncommitted(bootstrap: str, group: str, topics: tuple[str, ...]) -> dict[str, int]:
+    """Per topic: true end offsets minus the group's committed offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=10)
+        parts = [TopicPartition(t, p) for t in topics for p in meta.topics[t].partitions]
+        committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10)}
+        ends = true_ends(bootstrap, parts)
+        out: dict[str, int] = defaultdict(int)
+        for (topic, partition), offset in committed.items():
+            out[topic] += ends[(topic, partition)] - offset
+        return dict(out)
+    finally:
+        consumer.close()
+
+
+def true_ends(bootstrap: str, parts: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    """The embedded broker's high watermark is the offset of the last record batch plus one:
+    read that batch to find its last record (streams.app.ReferenceReader._true_ends)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "ripple-test-ends", "enable.auto.commit": False})
+    try:
+        ends = {}
+        probe = []
+        for tp in parts:
+            _, high = reader.get_watermark_offsets(tp, timeout=10)
+            ends[(tp.topic, tp.partition)] = high
+            if high > 0:
+                probe.append(TopicPartition(tp.topic, tp.partition, high - 1))
+        reader.assign(probe)
+        waiting = {(tp.topic, tp.partition) for tp in probe}
+        deadline = time.monotonic() + 30
+        while waiting and time.monotonic() < deadline:
+            for msg in reader.consume(1000, timeout=1):
+                if msg.error() is None:
+                    key = (str(msg.topic()), int(msg.partition() or 0))
+                    ends[key] = max(ends[key], int(msg.offset() or 0) + 1)
+                    waiting.discard(key)
+        assert not waiting, waiting
+        return ends
+    finally:
+        reader.close()
+
+
+def dump_topics(bootstrap: str, into: Path) -> None:
+    into.mkdir(exist_ok=True)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "ripple-test-dump", "auto.offset.reset": "earliest"})
+    try:
+        meta = reader.list_topics(timeout=10)
+        topics = [t for t in meta.topics if not t.startswith("__")]
+        reader.assign([TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions])
+        files = {t: (into / f"{t}.jsonl").open("w") for t in topics}
+        quiet = 0
+        while quiet < 5:
+            batch = reader.consume(5000, timeout=1)
+            quiet = 0 if batch else quiet + 1
+            for msg in batch:
+                if msg.error() is None:
+                    value = msg.value() or b""
+                    line = {"p": msg.partition(), "o": msg.offset(), "k": (msg.key() or b"").decode(errors="replace")}
+                    files[str(msg.topic())].write(json.dumps({**line, "v": value.decode(errors="replace")}) + "\n")
+        for fh in files.values():
+            fh.close()
+    finally:
+        reader.close()
+
+
+def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
+    rng = random.Random(seed)
+    broker = EmbeddedBroker(base / "broker.log")
+    broker.start()
+    procs: list[Proc] = []
+    try:
+        create_topics(broker.bootstrap, 4)
+        sink = Proc("sink", ("sink", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "sink")), base)
+        w1 = Proc("worker-a", ("worker", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "wa")), base)
+        w2 = Proc("worker-b", ("worker", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "wb")), base)
+        procs = [sink, w1, w2]
+        sink.start()
+        w1.start()
+        ds = generate(SimConfig(seed=seed, start_ms=1_767_225_600_000, views=3000, inject=parse_inject("all")))
+        produce(ds.reference, broker.bootstrap)
+        size = -(-len(ds.events) // CHUNKS)
+        actions: list[str] = []
+        if rebalance:
+            plan = ["", "", "join b", "", "kill -9 a", "restart a", "term b", ""]
+        else:
+            kinds = ["kill -9 worker", "kill -9 sink", "term worker", "term sink", "kill -9 both"]
+            plan = ["", *rng.sample(kinds, len(kinds)), rng.choice(kinds), "kill -9 worker"]
+        for i in range(CHUNKS):
+            produce(ds.events[i * size : (i + 1) * size], broker.bootstrap)
+            time.sleep(rng.uniform(0.2, 3.0))  # the moment within the chunk's processing
+            step = plan[i]
+            if not step:
+                continue
+            actions.append(step)
+            if step == "join b":
+                w2.start()
+            elif step == "restart a":
+                w1.start()
+            elif step == "kill -9 a":
+                w1.stop(signal.SIGKILL)
+            elif step == "term b":
+                w2.stop(signal.SIGTERM)
+            else:
+                how, _, which = step.rpartition(" ")
+                sig = signal.SIGKILL if how == "kill -9" else signal.SIGTERM
+                targets = [w1, sink] if which == "both" else [w1] if which == "worker" else [sink]
+                for p in targets:
+                    p.stop(sig)
+                time.sleep(rng.uniform(0.0, 2.0))
+                for p in targets:
+                    p.start()
+        want = sum(1 for v in ds.truth["last_click"].values() if v)
+        last: dict[str, Any] = {}
+        quiet = 0
+
+        def drained() -> bool:
+            nonlocal quiet
+            t = get(f"http://127.0.0.1:{sink.port}/api/totals")
+            h = get(f"http://127.0.0.1:{sink.port}/healthz")
+            lag = sum(v["lag"] for v in h.get("topics", {}).values())
+            lag += sum(v["lag"] for v in h.get("pipeline", {}).values())
+            last.update(t, lag=lag, want_attributed=want, want_nodes=len(ds.truth["chain_parents"]))
+            done = t["attributed"] >= want and t["chain_nodes"] >= len(ds.truth["chain_parents"]) and lag == 0
+            quiet = quiet + 1 if done else 0
+            return quiet >= 3
+
+        problem = "" if wait_until(drained, 240) else f"not drained: {last}; actions {actions}"
+        if problem:  # what the topics hold and where the workers wait, for the post-mortem
+            dump_topics(broker.bootstrap, base / "topics")
+            for p in (w1, w2):
+                if p.alive():
+                    assert p.proc is not None
+                    p.proc.send_signal(signal.SIGUSR1)
+                    with urllib.request.urlopen(f"http://127.0.0.1:{p.port}/metrics", timeout=10) as resp:
+                        (base / f"{p.name}.metrics").write_bytes(resp.read())
+        dead = [p.name for p in procs if p.starts and not p.alive() and p is not w2]
+        if dead:
+            problem += f" stopped by itself: {dead}"
+        time.sleep(2)
+        # a clean stop commits everything; a restart then reads nothing again
+        workers = [p for p in (w1, w2) if p.alive()]
+        for p in [*workers, sink]:
+            p.stop(signal.SIGTERM)
+        topics = (*INPUT_TOPICS, *INTERNAL_TOPICS)
+        left = uncommitted(broker.bootstrap, WORKER_GROUP, topics)
+        left.update(
+            {
+                f"sink:{t}": n
+                for t, n in uncommitted(broker.bootstrap, SINK_GROUP, (*INPUT_TOPICS, *OUTPUT_TOPICS)).items()
+            }
+        )
+        w1.start()
+        sink.start()
+        if not wait_until(
+            lambda: w1.metric("ripple_messages_in_total") >= 0 and sink.metric("ripple_sink_rows_total") >= 0, 60
+        ):
+            problem += " restarted processes did not serve metrics"
+        # a worker that has joined its group and recovered its tables logs "Worker ready"
+        if not wait_until(lambda: "Worker ready" in w1.log.read_text(errors="replace"), 90):
+            problem += " the restarted worker did not get ready"
+        time.sleep(2)
+        # one repeated view of a visitor who never buys (it restates nothing): once both have
+        # read it, they are in their groups and read nothing else
+        buyers = {m.event["visitor_id"] for m in ds.events if m.topic == "orders" and isinstance(m.event, dict)}
+        view = next(
+            m
+            for m in ds.events
+            if m.topic == "views" and isinstance(m.event, dict) and m.event.get("visitor_id") not in buyers
+        )
+        produce([view], broker.bootstrap)
+
+        def seen() -> bool:
+            return bool(w1.metric('ripple_messages_in_total{topic="views"}') and sink.metric("ripple_sink_rows_total{"))
+
+        if not wait_until(seen, 90):
+            problem += " the restarted worker or sink did not read the repeated view"
+        time.sleep(2)
+        reread = {
+            **{f"worker {t}": w1.metric(f'ripple_messages_in_total{{topic="{t}"}}') for t in INPUT_TOPICS},
+            **{f"sink {t}": sink.metric(f'ripple_sink_rows_total{{table="{t}"}}') for t in INPUT_TOPICS},
+        }
+        for p in (w1, sink):
+            p.stop(signal.SIGTERM)
+        ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
+        yield Run(ch, ds, actions, problem, left, reread)
+        ch.close()
+    finally:
+        for p in procs:
+            if p.alive():
+                assert p.proc is not None
+                p.proc.kill()
+                p.proc.wait()
+        broker.stop()
+
+
+@pytest.fixture(
+    scope="module", params=[*(("kills", s) for s in SEEDS), ("rebalance", 31)], ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    kind, seed = request.param
+    yield from chaos_run(tmp_path_factory.mktemp(f"{kind}{seed}"), seed, rebalance=kind == "rebalance")
+
+
+def context(run: Run) -> str:
+    return f"actions {run.actions}; {run.problem}"
+
+
+def test_the_pipeline_drained_and_nothing_stopped_by_itself(run: Run) -> None:
+    assert not run.problem, context(run)
+    stops = sum(2 if a.endswith("both") else 1 for a in run.actions if a.startswith(("kill", "term")))
+    assert stops >= (5 if "join b" not in run.actions else 2), context(run)
+
+
+KEYS = {"views": "event_id", "clicks": "event_id", "orders": "order_id", "refunds": "event_id"}
+
+
+def test_every_raw_event_is_stored_once(run: Run) -> None:
+    for topic, key in KEYS.items():
+        want = {m.event[key] for m in run.ds.events if m.topic == topic and isinstance(m.event, dict)}
+        # the table name comes from the fixed KEYS above, never from input
+        (stored,) = run.ch.query(f"SELECT count() FROM ripple.{topic} FINAL")[0]
+        assert stored == len(want), (topic, context(run))
+    (dead,) = run.ch.query("SELECT count() FROM ripple.dead_letters FINAL")[0]
+    assert dead == run.ds.truth["malformed"], context(run)
+
+
+def test_every_credit_and_commission_equals_the_truth(run: Run) -> None:
+    assert_paid_as_the_truth(run.ch, run.ds.truth, context(run))
+    per_order = run.ch.query(
+        "SELECT order_id, sum(credit) FROM ripple.attributions FINAL WHERE model = 'linear' GROUP BY order_id"
+    )
+    assert all(abs(total - 1) < 1e-9 for _, total in per_order if total > 0), context(run)
+
+
+def test_every_chain_equals_the_truth(run: Run) -> None:
+    rows = run.ch.query("SELECT node_id, parent_id FROM ripple.chain_nodes FINAL WHERE active = 1 AND parent_id != ''")
+    assert dict(rows) == run.ds.truth["chain_parents"], context(run)
+    sizes = dict(run.ch.query("SELECT root_id, nodes FROM ripple.chains FINAL"))
+    assert {r: sizes.get(r) for r in run.ds.truth["chains"]} == {
+        r: c["nodes"] for r, c in run.ds.truth["chains"].items()
+    }, context(run)
+
+
+def test_every_fraud_verdict_and_alert_equals_the_truth(run: Run) -> None:
+    blocked = run.ch.query(
+        "SELECT order_id, reasons FROM ripple.attributions FINAL "
+        "WHERE model = 'last_click' AND status = 'blocked' AND credit > 0"
+    )
+    assert {o: r[0] for o, r in blocked} == run.ds.truth["blocked_orders"], context(run)
+    rows = run.ch.query("SELECT rule, evidence FROM ripple.alerts FINAL WHERE rule != 'viral_chain'")
+    assert {(rule, json.loads(e)["subject"]) for rule, e in rows} == {
+        (i["rule"], i["subject"]) for i in run.ds.truth["incidents"]
+    }, context(run)
+
+
+def test_creator_daily_equals_the_truth(run: Run) -> None:
+    """Last-click conversions, revenue and discounts per creator and day, from the events."""
+    orders = {m.event["order_id"]: m.event for m in run.ds.events if m.topic == "orders" and isinstance(m.event, dict)}
+    creators = {m.event["creator_id"] for m in run.ds.reference if m.topic == "creators" and isinstance(m.event, dict)}
+    want: dict[tuple[str, date], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for order_id, credit in run.ds.truth["last_click"].items():
+        if not credit or credit["referrer_id"] not in creators:
+            continue  # blocked orders keep their credit (and earn nothing): they count
+        o = orders[order_id]
+        day = datetime.fromtimestamp(o["ts"] / 1000, UTC).date()
+        totals = want[(credit["referrer_id"], day)]
+        totals[0] += 1
+        totals[1] += o["amount_minor"]
+        totals[2] += o.get("discount_minor", 0)
+    got = {
+        (creator, day): [round(conv), round(rev), round(disc)]
+        for creator, day, conv, rev, disc in run.ch.query(
+            "SELECT creator_id, day, sum(conversions), sum(revenue_minor), sum(discount_minor) "
+            "FROM ripple.creator_daily WHERE model = 'last_click' GROUP BY creator_id, day"
+        )
+        if conv
+    }
+    assert got == dict(want), context(run)
+
+
+def test_a_clean_stop_commits_everything_and_a_restart_reads_nothing_again(run: Run) -> None:
+    assert run.uncommitted and not any(run.uncommitted.values()), (run.uncommitted, context(run))
+    assert {k: v for k, v in run.reread.items() if v} == {"worker views": 1, "sink views": 1}, context(run)

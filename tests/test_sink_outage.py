@@ -1,0 +1,174 @@
+"""ClickHouse refuses writes mid-run: the sink holds back, loses nothing, and recovers by itself.
+
+The sink's embedded ClickHouse keeps its data on a small tmpfs; filling that file system
+makes every insert fail for real (``NOT_ENOUGH_SPACE``), as a full or read-only volume of
+a ClickHouse server would. While it is full the sink must stop consuming (its buffer stays
+bounded), say so on /metrics (``ripple_sink_backpressure`` 1, failures counted — what the
+``RippleSinkBackpressure`` and ``RippleSinkFailing`` alerts read), and once space is
+freed it must write everything, with results equal to the ground truth.
+
+Mounting a tmpfs needs root, as the CI runs; without it the test fails with the reason.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from stack import assert_paid_as_the_truth, get, kill_all, spawn
+
+from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.simulate import SimConfig, generate, produce
+from sinks.clickhouse import ClickHouse
+
+pytestmark = pytest.mark.integration
+
+TMPFS_MB = 256
+BATCH_ROWS = 2000  # the sink's insert batch
+
+
+@dataclass
+class Outage:
+    ch: ClickHouse
+    truth: dict[str, object]
+    during: list[dict[str, float]]  # /metrics samples while the disk was full
+    after: dict[str, float]
+    problem: str
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    out: dict[str, float] = {}
+    for line in lines:
+        if line.startswith("ripple_sink_"):
+            name, value = line.rsplit(" ", 1)
+            base = name.split("{", 1)[0]
+            out[base] = out.get(base, 0.0) + float(value)
+    return out
+
+
+def fill(path: Path) -> None:
+    """Write zeros until the file system has no space left."""
+    chunk = b"\0" * (1 << 20)
+    with path.open("wb") as fh:
+        try:
+            while True:
+                fh.write(chunk)
+                fh.flush()
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
+    base = tmp_path_factory.mktemp("outage")
+    volume = base / "volume"
+    volume.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(volume)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the sink (needs root): {mounted.stderr.strip()}")
+    broker = EmbeddedBroker(base / "broker.log")
+    broker.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    filler = volume / "filler"
+    try:
+        create_topics(broker.bootstrap, 4)
+        web = free_port()
+        sink = spawn(
+            "sink",
+            "--bootstrap",
+            broker.bootstrap,
+            "--data-dir",
+            str(volume),
+            "--web-port",
+            str(web),
+            log=base / "sink.log",
+            env={"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)},
+        )
+        procs.append(sink)
+        procs.append(
+            spawn(
+                "worker",
+                "--bootstrap",
+                broker.bootstrap,
+                "--data-dir",
+                str(base / "w"),
+                "--web-port",
+                str(free_port()),
+                log=base / "worker.log",
+            )
+        )
+        ds = generate(SimConfig(seed=41, start_ms=1_767_225_600_000, views=4000))
+        produce(ds.reference, broker.bootstrap)
+        half = len(ds.events) // 3
+        produce(ds.events[:half], broker.bootstrap)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 10:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        fill(filler)  # from here every insert fails
+        produce(ds.events[half:], broker.bootstrap)
+        during = []
+        for _ in range(20):
+            time.sleep(1)
+            during.append(metrics(web))
+        filler.unlink()  # space again: the sink must find out by itself
+        want = sum(1 for v in ds.truth["last_click"].values() if v)
+        problem = "did not recover"
+        deadline = time.monotonic() + 180
+        quiet = 0
+        while time.monotonic() < deadline:
+            t = get(f"http://127.0.0.1:{web}/api/totals")
+            h = get(f"http://127.0.0.1:{web}/healthz")
+            lag = sum(v["lag"] for v in h.get("topics", {}).values()) + sum(
+                v["lag"] for v in h.get("pipeline", {}).values()
+            )
+            quiet = quiet + 1 if t["attributed"] >= want and lag == 0 else 0
+            if quiet >= 3:
+                problem = ""
+                break
+            problem = f"did not recover: {t}, lag {lag}, want {want}"
+            time.sleep(1)
+        after = metrics(web)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+        ch = ClickHouse(f"chdb://{volume / 'clickhouse'}")
+        yield Outage(ch, ds.truth, during, after, problem)
+        ch.close()
+    finally:
+        kill_all(procs)
+        broker.stop()
+        subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_the_sink_holds_back_while_clickhouse_refuses_writes(outage: Outage) -> None:
+    assert outage.during[-1]["ripple_sink_backpressure"] == 1, outage.during[-1]
+    assert outage.during[-1]["ripple_sink_failures_total"] > outage.during[0]["ripple_sink_failures_total"]
+    # nothing more is read while it waits: its buffer stays as it was when inserts began to fail
+    late = outage.during[len(outage.during) // 2 :]
+    assert all(m["ripple_sink_backpressure"] == 1 for m in late), late
+    assert len({m["ripple_sink_pending_rows"] for m in late}) == 1, late
+    assert late[-1]["ripple_sink_pending_rows"] > 0
+
+
+def test_the_sink_recovers_by_itself_and_loses_nothing(outage: Outage) -> None:
+    assert not outage.problem, outage.problem
+    assert outage.after["ripple_sink_backpressure"] == 0
+    assert_paid_as_the_truth(outage.ch, outage.truth)
+    (dead,) = outage.ch.query("SELECT count() FROM ripple.dead_letters FINAL")[0]
+    assert dead == outage.truth["malformed"]
