@@ -462,6 +462,9 @@ def create_app(settings: Settings) -> faust.App:
             logging.shutdown()
             os._exit(70)
 
+    #: where each handler is, for ``kill -USR1``: (what it does, since when, events in its batch)
+    stage: dict[str, tuple[str, float, int]] = {}
+
     async def guarded(handler: Any, events: list[Any], lock: asyncio.Lock | None = None) -> None:
         """Run one batch and send what it produced; on an unexpected error stop the process
         before anything is acked.
@@ -470,11 +473,16 @@ def create_app(settings: Settings) -> faust.App:
         the batch. Exiting instead leaves the batch uncommitted: the restarted worker
         reads it again (every output is idempotent). ``lock``: held from the first read of
         state to the last changelog record sent, when a timer changes the same table."""
+        name = handler.__name__
         try:
+            stage[name] = ("waiting for its lock", time.time(), len(events))
             async with lock or contextlib.nullcontext():
                 box = Outbox()
+                stage[name] = ("handling", time.time(), len(events))
                 await handler(events, box)
+                stage[name] = ("flushing", time.time(), len(events))
                 await box.flush()
+            stage[name] = ("done; back in Faust's stream (ack, commit, next batch)", time.time(), len(events))
         except Exception:
             log.exception("unexpected error in a batch; exiting so it is read again after a restart")
             logging.shutdown()
@@ -560,13 +568,16 @@ def create_app(settings: Settings) -> faust.App:
         # Topics are fetched independently, so a batch mixes them out of event-time order;
         # taking each batch in event time makes restatements (and late events) rarer.
         decoded.sort(key=lambda item: item[2]["ts"])
+        stage["handle_visitor_batch"] = ("waiting for the reference data", time.time(), len(events))
         await reader.ready()  # never credit with half-loaded codes (a worker just started)
         if any(
             not reference.knows(e.get("discount_code") if t == "orders" else e.get("ref"))
             and (t == "clicks" or e.get("discount_code"))
             for t, _, e in decoded
         ):
+            stage["handle_visitor_batch"] = ("reading new codes", time.time(), len(events))
             await reader.sync()  # a code this worker has not seen yet may just have been written
+            stage["handle_visitor_batch"] = ("handling", time.time(), len(events))
         touched: dict[str, tuple[int, attr.State]] = {}
         outputs = VisitorOutputs()
         for topic, partition, event in decoded:
@@ -995,6 +1006,9 @@ def create_app(settings: Settings) -> faust.App:
             return frames
 
         def dump() -> None:
+            now = time.time()
+            for name, (label, since, n) in sorted(stage.items()):
+                log.warning("agent %s: %s for %.1f s (batch of %d)", name, label, now - since, n)
             for task in asyncio.all_tasks():
                 log.warning("task %s: %s", task.get_name(), " -> ".join(awaits(task.get_coro())) or "(done)")
             consumer: Any = app.consumer
