@@ -1018,6 +1018,10 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("read offsets: %s", {str(tp): o for tp, o in consumer._read_offset.items()})
             log.warning("expected: %s", {str(tp): o for tp, o in getattr(consumer, "_ripple_next", {}).items()})
             log.warning("processed: %s", dict(sorted(processed.items())))
+            # Faust commits a partition only up to its first offset not acked
+            acked = {str(tp): (min(a), max(a), len(a)) for tp, a in consumer._acked.items() if a}
+            log.warning("acked, not yet committed (first, last, count): %s", acked)
+            log.warning("committed by this worker: %s", {str(tp): o for tp, o in consumer._committed_offset.items()})
             log.warning("assignment: %s", sorted(map(str, consumer.assignment())))
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
