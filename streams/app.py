@@ -146,6 +146,9 @@ class ReferenceReader(Service):
     async def ready(self) -> None:
         await self._ready.wait()
 
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
     async def sync(self) -> None:
         """Return once everything written to the reference topics before now is applied."""
         await self._ready.wait()  # agents may get events before this service has started
@@ -743,6 +746,9 @@ def create_app(settings: Settings) -> faust.App:
             await guarded(handle_referrer_batch, events, referrer_lock)
 
     async def handle_referrer_batch(events: list[Any], box: Outbox) -> None:
+        # plans, creators' identities (self-referral) and followers come from the reference
+        # data: a worker that just started must not book a credit before it has all of it
+        await reader.ready()
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         now = time.time()
         for ev in events:
@@ -846,6 +852,8 @@ def create_app(settings: Settings) -> faust.App:
     async def settled_now() -> bool:
         """True when the settled time moved and some credit is parked."""
         nonlocal parked_loaded
+        if not reader.is_ready():  # releasing books credits, which needs the reference data
+            return False
         if not parked_loaded:  # after a start: find parked credits in the recovered table
             parked_loaded = True
             for key, state in list(referrer_state.data.items()):
