@@ -94,6 +94,7 @@ class ReferenceReader(Service):
         self._admin: AIOKafkaAdminClient | None = None  # the group's committed offsets
         self._tail: AIOKafkaConsumer | None = None  # reads the last batch of a partition (see ``_true_ends``)
         self._tail_lock = asyncio.Lock()
+        self._known_ends: dict[TopicPartition, tuple[int, int]] = {}  # reported end -> true end
         self._lock = asyncio.Lock()
         self._last_sync = 0.0
         self._ready = asyncio.Event()
@@ -204,10 +205,15 @@ class ReferenceReader(Service):
         records ending at offset 9 reads as 1). Reading from that offset returns the
         batch, whose last record gives the true end; on Kafka, where the answer is exact,
         the read returns the last record and changes nothing."""
-        probe = [tp for tp, end in ends.items() if end > 0]
-        if not probe:
-            return ends
         out = dict(ends)
+        # a partition whose reported end has not moved has no new batch: its true end is known
+        for tp, end in ends.items():
+            known = self._known_ends.get(tp)
+            if known is not None and known[0] == end:
+                out[tp] = known[1]
+        probe = [tp for tp, end in ends.items() if end > 0 and self._known_ends.get(tp, (-1, 0))[0] != end]
+        if not probe:
+            return out
         async with self._tail_lock:
             if self._tail is None:  # on first use: table recovery may ask before this service starts
                 self._tail = AIOKafkaConsumer(
@@ -238,6 +244,8 @@ class ReferenceReader(Service):
                 for tp, records in fetched.items():
                     if records:
                         out[tp] = max(out[tp], records[-1].offset + 1)
+                        if tp in waiting:
+                            self._known_ends[tp] = (ends[tp], out[tp])
                         waiting.discard(tp)
             self._tail.pause(*probe)
         if waiting:  # what the broker answered is the best known then
