@@ -58,17 +58,24 @@ def assert_paid_as_the_truth(ch: ClickHouse, truth: dict[str, Any], context: str
     assert {o: c for o, c in commissions.items() if c} == {o: c for o, c in attributed.items() if c}, context
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    """Poll until ``predicate()`` is true; a web server not up yet counts as not yet."""
+def eventually(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
+    """Poll until ``predicate()`` is true (True) or the time is up (False); a web server not
+    up yet counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if predicate():
-                return
+                return True
         except OSError:
             pass  # the web server is not up yet
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return False
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """:func:`eventually`, or an AssertionError that says what did not happen."""
+    if not eventually(predicate, timeout):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from stack import assert_paid_as_the_truth, get, spawn
+from stack import assert_paid_as_the_truth, eventually, get, spawn
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.config import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
@@ -85,18 +85,6 @@ class Run:
     uncommitted: dict[str, int]
     #: messages a worker and a sink restarted after a SIGTERM at the end read again
     reread: dict[str, float]
-
-
-def wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except OSError:
-            pass  # a web server restarting
-        time.sleep(1)
-    return False
 
 
 def uncommitted(bootstrap: str, group: str, topics: tuple[str, ...]) -> dict[str, int]:
@@ -226,7 +214,7 @@ def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
             quiet = quiet + 1 if done else 0
             return quiet >= 3
 
-        problem = "" if wait_until(drained, 240) else f"not drained: {last}; actions {actions}"
+        problem = "" if eventually(drained, 240, interval=1) else f"not drained: {last}; actions {actions}"
         if problem:  # what the topics hold and where the workers wait, for the post-mortem
             dump_topics(broker.bootstrap, base / "topics")
             for p in (w1, w2):
@@ -253,12 +241,12 @@ def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
         )
         w1.start()
         sink.start()
-        if not wait_until(
+        if not eventually(
             lambda: w1.metric("ripple_messages_in_total") >= 0 and sink.metric("ripple_sink_rows_total") >= 0, 60
         ):
             problem += " restarted processes did not serve metrics"
         # a worker that has joined its group and recovered its tables logs "Worker ready"
-        if not wait_until(lambda: "Worker ready" in w1.log.read_text(errors="replace"), 90):
+        if not eventually(lambda: "Worker ready" in w1.log.read_text(errors="replace"), 90, interval=1):
             problem += " the restarted worker did not get ready"
         time.sleep(2)
         # one repeated view of a visitor who never buys (it restates nothing): once both have
@@ -274,7 +262,7 @@ def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
         def seen() -> bool:
             return bool(w1.metric('ripple_messages_in_total{topic="views"}') and sink.metric("ripple_sink_rows_total{"))
 
-        if not wait_until(seen, 90):
+        if not eventually(seen, 90, interval=1):
             problem += " the restarted worker or sink did not read the repeated view"
         time.sleep(2)
         reread = {
