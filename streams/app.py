@@ -1043,6 +1043,28 @@ def create_app(settings: Settings) -> faust.App:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
     stuck_since: dict[Any, tuple[int, float]] = {}  # partition -> (expected offset, since when)
+    lost_since: dict[Any, tuple[int, int, float]] = {}  # partition -> (first unhandled, expected, since when)
+
+    def unhandled_from(consumer: Any, tp: Any, want: int | None) -> int | None:
+        """The first offset of ``tp`` that was delivered but is neither acknowledged by a
+        handler, nor in a handler's hands, nor waiting in a stream's queue; None if none."""
+        if want is None:
+            return None
+        committed = consumer._committed_offset.get(tp)
+        first = committed if committed is not None else getattr(consumer, "_ripple_base", {}).get(tp)
+        if first is None or first >= want:
+            return None
+        acked = set(consumer._acked.get(tp, ()))
+        while first in acked:
+            first += 1
+        if first >= want:
+            return None
+        if any(m.tp == tp for m in list(consumer._unacked_messages)):
+            return None  # a handler has it
+        conductor: Any = app.topics
+        if any(chan.queue.qsize() for chan in conductor._tp_index.get(tp, ())):
+            return None  # waiting for its stream
+        return int(first)
 
     @app.timer(5.0)
     async def unstick_partitions() -> None:
@@ -1051,7 +1073,10 @@ def create_app(settings: Settings) -> faust.App:
         fetched again. Seen under rebalances and restarts: the fetcher idle while records
         of an assigned partition waited, never delivered (a partition left out of the
         fetch set, or records dropped while it was). Reading again from the expected
-        offset repeats nothing: records behind it are dropped (streams.faust_fixes)."""
+        offset repeats nothing: records behind it are dropped (streams.faust_fixes).
+        Likewise a partition whose records were delivered but, for ``STUCK_S``, neither
+        acknowledged nor held by a handler nor queued (``unhandled_from``) is read again
+        from the first such record: outputs are idempotent, so a false alarm costs only work."""
         consumer: Any = app.consumer
         if app.in_recovery or not consumer.flow_active:
             stuck_since.clear()
@@ -1064,6 +1089,21 @@ def create_app(settings: Settings) -> faust.App:
         now = time.monotonic()
         for tp in tps:
             want = expected.get(tp)
+            lost = unhandled_from(consumer, tp, want)
+            if lost is not None and want is not None:
+                # delivered, yet never reached a handler (dropped by Faust's stream, e.g.
+                # while its flow was off) and no seek brought it back
+                since = lost_since.get(tp)
+                if since is None or since[:2] != (lost, want):
+                    lost_since[tp] = (lost, want, now)
+                elif now - since[2] >= STUCK_S:
+                    log.warning("%s: offsets from %d were delivered but never handled; reading again", tp, lost)
+                    metrics.unstuck.labels(tp.topic).inc()
+                    await consumer.seek(tp, lost)
+                    lost_since.pop(tp, None)
+                    continue
+            else:
+                lost_since.pop(tp, None)
             if want is None or ends[tp] <= want or tp in consumer._paused_partitions:
                 stuck_since.pop(tp, None)
                 continue

@@ -87,6 +87,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
             with urllib.request.urlopen(f"http://127.0.0.1:{worker2_port}/metrics", timeout=10) as resp:
                 text = resp.read().decode()
             seen = [line for line in text.splitlines() if line.startswith("ripple_messages_in_total")]
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(3)
             problem = f"{exc}: {last}; restarted worker read {seen}"
         time.sleep(3)
         for p in (worker, sink):
