@@ -133,12 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up, clickhouse=True, web=True)
     up.add_argument("--demo", action="store_true", help="also run the simulator")
     up.add_argument("--demo-rate", type=_positive(float), default=1000.0, help="demo events per second")
+    up.add_argument(
+        "--collector-port",
+        type=_port,
+        help="the collector's port (env RIPPLE_COLLECTOR_PORT; default 8090, or a free port when it is taken)",
+    )
 
     worker = sub.add_parser("worker", help="one Faust stream worker")
     _common(worker, web=True)
 
     sink = sub.add_parser("sink", help="the ClickHouse sink")
     _common(sink, clickhouse=True, web=True)
+
+    collect = sub.add_parser("collect", help="the HTTP collector for storefronts: events, referral links, snippet")
+    _common(collect)
+    collect.add_argument("--port", type=_port, help="HTTP port (env RIPPLE_COLLECTOR_PORT, default 8090)")
 
     sim = sub.add_parser("simulate", help="synthetic storefront traffic with ground truth")
     sim.add_argument("--bootstrap", type=_hostport, help="send to this Kafka (else only write --out)")
@@ -220,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    collector_port = getattr(args, "port", None)
+    if collector_port is None:
+        collector_port = getattr(args, "collector_port", None)
     return load_settings(
+        collector_port=collector_port,
         data_dir=getattr(args, "data_dir", None),
         bootstrap=getattr(args, "bootstrap", None),
         clickhouse=getattr(args, "clickhouse", None),
@@ -309,6 +322,7 @@ def _embedded_broker_only(settings: Settings, command: str) -> None:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.broker import BrokerError
+    from ripple.collector import CollectorError
     from ripple.services import AlreadyRunning, Up
 
     _embedded_broker_only(settings, "ripple up")
@@ -319,7 +333,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     except AlreadyRunning as exc:
         print(f"ripple up: {exc}", file=sys.stderr)
         return 1
-    except BrokerError as exc:
+    except (BrokerError, CollectorError) as exc:
         print(f"ripple up: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -355,6 +369,24 @@ def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     create_topics(settings.bootstrap, settings.partitions, settings.kafka)
     port = settings.with_web_port(8081).web_port
     asyncio.run(run_sink(settings, port))
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.bootstrap:
+        raise ConfigError("the collector needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
+    from ripple.broker import create_topics
+    from ripple.collector import DEFAULT_PORT, CollectorError, load_salt, run_collector
+
+    _make_dir(settings.data_dir, "data dir")
+    load_salt(settings)  # a salt that cannot be read or created is a setting to fix: exit 2
+    create_topics(settings.bootstrap, settings.partitions, settings.kafka)
+    port = DEFAULT_PORT if settings.collector_port is None else settings.collector_port
+    try:
+        asyncio.run(run_collector(settings, port))
+    except CollectorError as exc:
+        print(f"ripple collect: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -491,6 +523,7 @@ COMMANDS = {
     "up": cmd_up,
     "worker": cmd_worker,
     "sink": cmd_sink,
+    "collect": cmd_collect,
     "simulate": cmd_simulate,
     "evaluate": cmd_evaluate,
     "migrate": cmd_migrate,

@@ -228,6 +228,19 @@ class Settings:
     # sink batching
     sink_batch_rows: int = 50_000
     sink_batch_ms: int = 500
+    # the HTTP collector for storefronts (ripple collect)
+    collector_port: int | None = None  # None: 8090 (ripple up: 8090, or a free port when 8090 is taken)
+    collector_host: str = "127.0.0.1"
+    collector_salt: Secret | None = None  # None: generated once and kept in <data_dir>/collector-salt
+    collector_origins: str = ""  # comma list of allowed browser origins, or * (the collector's own always is)
+    collector_landing_url: str | None = None  # where /r/{code} sends a code without landing_url, or unknown codes
+    collector_ref_param: str = "ref"  # the landing-page parameter the snippet reads a referral code from
+    collector_rate: int = 50  # requests per second per client address (token bucket), 0: no limit
+    collector_burst: int = 200
+    collector_max_body_bytes: int = 1_048_576
+    collector_max_events: int = 1000
+    collector_linger_ms: int = 5
+    collector_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For entries are trusted
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -281,10 +294,14 @@ _STR_FIELDS = {
     "policy",
     "commission_model",
     "kafka_sasl_username",
+    "collector_host",
+    "collector_origins",
+    "collector_landing_url",
+    "collector_ref_param",
 }
 _UPPER_FIELDS = {"kafka_security_protocol", "kafka_sasl_mechanism"}  # read case-insensitively
 _PATH_FIELDS = {"data_dir", "fraud_rules", "kafka_ssl_ca_file", "clickhouse_ca_file"}
-_SECRET_FIELDS = {"api_token", "kafka_sasl_password"}
+_SECRET_FIELDS = {"api_token", "kafka_sasl_password", "collector_salt"}
 _LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 #: the largest integer any setting takes (ClickHouse and Kafka store times as signed 64-bit)
 _INT_MAX = 2**62
@@ -394,18 +411,95 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"commission model must be one of {', '.join(MODELS)}, got {s.commission_model!r}")
     if s.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
-    if s.api_token is not None:
-        token = s.api_token.get()  # never part of a message
-        if len(token) < API_TOKEN_MIN_LENGTH or not _TOKEN.fullmatch(token):
-            raise ConfigError(
-                f"RIPPLE_API_TOKEN must be at least {API_TOKEN_MIN_LENGTH} printable ASCII characters "
-                "without spaces (e.g. openssl rand -hex 32)"
-            )
+    check_secret(s.api_token, API_TOKEN_MIN_LENGTH, "RIPPLE_API_TOKEN")
     validate_kafka_security(s)
+    validate_collector(s)
     try:
         load_config(s.fraud_rules) if s.fraud_rules else load_config()
     except FraudConfigError as exc:
         raise ConfigError(f"fraud rules: {exc}") from None
+
+
+def check_secret(secret: Secret | None, min_length: int, name: str) -> None:
+    """A token or key: long enough, printable ASCII without spaces; its value is never
+    part of the message."""
+    if secret is None:
+        return
+    value = secret.get()
+    if len(value) < min_length or not _TOKEN.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be at least {min_length} printable ASCII characters "
+            "without spaces (e.g. openssl rand -hex 32)"
+        )
+
+
+#: a salt of the collector's ip_hash: at least this many characters
+COLLECTOR_SALT_MIN_LENGTH = 16
+_PARAM = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def validate_collector(s: Settings) -> None:
+    if s.collector_port is not None and not 0 <= s.collector_port <= 65535:
+        raise ConfigError(f"collector port must be between 0 and 65535, got {s.collector_port}")
+    check_host(s.collector_host, "collector host (RIPPLE_COLLECTOR_HOST)")
+    check_secret(s.collector_salt, COLLECTOR_SALT_MIN_LENGTH, "RIPPLE_COLLECTOR_SALT")
+    collector_origins(s.collector_origins)
+    if s.collector_landing_url is not None:
+        check_web_url(s.collector_landing_url, "RIPPLE_COLLECTOR_LANDING_URL")
+    if not _PARAM.fullmatch(s.collector_ref_param):
+        raise ConfigError(
+            "RIPPLE_COLLECTOR_REF_PARAM must be 1 to 64 letters, digits, '_', '.' or '-', "
+            f"got {s.collector_ref_param!r}"
+        )
+    limits = (
+        ("collector_rate", 0, 1_000_000),
+        ("collector_burst", 1, 1_000_000),
+        ("collector_max_body_bytes", 1024, 64 * 1024 * 1024),
+        ("collector_max_events", 1, 10_000),
+        ("collector_linger_ms", 0, 1000),
+        ("collector_proxies", 0, 10),
+    )
+    for name, low, high in limits:
+        value = getattr(s, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{_variable(name)} must be between {low} and {high}, got {value}")
+
+
+def collector_origins(value: str) -> tuple[str, ...]:
+    """The allowlist ``https://shop.example,https://www.shop.example`` (or ``*``) as
+    normalized origins; raises :class:`ConfigError` on anything that is not an origin."""
+    origins = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            origins.append(item)
+            continue
+        try:
+            parts = urlsplit(item)
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"RIPPLE_COLLECTOR_ORIGINS: {item!r} is not an origin (bad port?)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"RIPPLE_COLLECTOR_ORIGINS: {item!r} is not an origin like https://shop.example[:port] (or *)"
+            )
+        if parts.query or parts.fragment or parts.username is not None:
+            raise ConfigError(f"RIPPLE_COLLECTOR_ORIGINS: {item!r} is not an origin like https://shop.example[:port]")
+        netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+        origins.append(f"{parts.scheme}://{netloc}")
+    return tuple(origins)
+
+
+def check_web_url(value: str, what: str) -> None:
+    """An absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a valid URL (bad port?)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an absolute http:// or https:// URL, got {value!r}")
 
 
 def validate_kafka_security(s: Settings) -> None:

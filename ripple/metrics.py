@@ -112,3 +112,51 @@ class SinkMetrics(_Metrics):
             buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+
+
+class CollectorMetrics(_Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.requests = Counter(
+            "ripple_collector_requests_total", "HTTP requests, by route and status", ["route", "status"], registry=r
+        )
+        self.accepted = Counter(
+            "ripple_collector_events_accepted_total",
+            "Events acknowledged by the broker, by topic (the 'accepted' of 202 answers and recorded clicks)",
+            ["topic"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "ripple_collector_events_rejected_total",
+            "Events refused, by reason (type, not_object, schema, raw_identity, future, too_deep, too_large, delivery)",
+            ["reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "ripple_collector_messages_total", "Kafka messages produced (JSON arrays of events)", ["topic"], registry=r
+        )
+        self.produce_seconds = Histogram(
+            "ripple_collector_produce_seconds",
+            "From a request's first message handed to the producer to the broker's acknowledgement of its last",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "ripple_collector_request_seconds",
+            "Time to answer a request, by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.clicks = Counter(
+            "ripple_collector_referral_clicks_total",
+            "GET /r/{code} by outcome: recorded, bot (recorded, its user agent on the bot list), unknown "
+            "(unknown, inactive or expired code: no click), failed (not acknowledged in time)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "ripple_collector_rate_limited_total", "Requests answered 429 by the per-client rate limit", registry=r
+        )
+        self.codes = Gauge("ripple_collector_codes", "Referral codes known to the collector", registry=r)

@@ -9,14 +9,18 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
 from ripple.broker import EmbeddedBroker, create_topics, die_with_parent, free_port
+from ripple.collector import DEFAULT_PORT as COLLECTOR_PORT
+from ripple.collector import CollectorError
 from ripple.config import INTERNAL_TOPICS, Settings
 from ripple.metrics import SinkMetrics
 from ripple.web import OffsetMonitor, build_app, serve
@@ -149,8 +153,46 @@ def worker_command(settings: Settings, web_port: int) -> list[str]:
     ]
 
 
+def collector_command(settings: Settings, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ripple",
+        "collect",
+        "--bootstrap",
+        str(settings.bootstrap),
+        "--data-dir",
+        str(settings.data_dir),
+        "--port",
+        str(port),
+    ]
+
+
+def collector_port(settings: Settings) -> int:
+    """The collector's port for ``ripple up``: the one set (0: any free port), else 8090 when
+    it is free, else a free port (``runtime.json`` says which)."""
+    host = "127.0.0.1" if settings.collector_host in ("0.0.0.0", "::") else settings.collector_host  # noqa: S104
+    if settings.collector_port is not None:
+        return settings.collector_port or free_port(host)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, COLLECTOR_PORT))
+    except OSError:
+        return free_port(host)
+    return COLLECTOR_PORT
+
+
+def collector_url(settings: Settings, port: int) -> str:
+    host = settings.collector_host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - what it listens on, not what to call
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 class Up:
-    """``ripple up``: broker, topics, worker, sink, web, and optionally the simulator."""
+    """``ripple up``: broker, topics, worker, sink, web, collector, and optionally the simulator."""
 
     def __init__(self, settings: Settings, demo: bool, demo_rate: float, out: IO[str]) -> None:
         self.settings = settings
@@ -160,6 +202,8 @@ class Up:
         self.lock = DataDirLock(settings.data_dir)
         self.broker: EmbeddedBroker | None = None
         self.worker: subprocess.Popen[bytes] | None = None
+        self.collector: subprocess.Popen[bytes] | None = None
+        self.collector_url = ""
         self.service: SinkService | None = None
         self.sim_thread: threading.Thread | None = None
         self.sim_stop = threading.Event()
@@ -204,16 +248,58 @@ class Up:
                 preexec_fn=die_with_parent,
             )
         self.say(f"worker     pid {self.worker.pid}, metrics http://127.0.0.1:{worker_port}/metrics")
+        port = collector_port(s)
+        self.collector_url = collector_url(s, port)
+        with (s.data_dir / "logs" / "collector.log").open("ab") as collector_log:
+            self.collector = subprocess.Popen(
+                collector_command(s, port),
+                stdout=collector_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
         self.service = SinkService(s, s.web_port)
         await self.service.start()
         web = f"http://{s.web_host}:{s.web_port}"
         self.say(f"clickhouse {s.clickhouse_display}")
         self.say(f"dashboard  {web}/" + ("?token=<RIPPLE_API_TOKEN> (the API needs the token)" if s.api_token else ""))
-        runtime = {"bootstrap": s.bootstrap, "web": web, "worker_metrics": f"http://127.0.0.1:{worker_port}"}
+        await self._wait_collector(deadline=time.monotonic() + 40)
+        self.say(f"collector  {self.collector_url} (POST /v1/events, GET /r/{{code}}, /ripple.js)")
+        runtime = {
+            "bootstrap": s.bootstrap,
+            "web": web,
+            "collector": self.collector_url,
+            "worker_metrics": f"http://127.0.0.1:{worker_port}",
+        }
         s.runtime_file.write_text(json.dumps(runtime, indent=2) + "\n")
         if self.demo:
             self._start_demo()
         await self._watch()
+
+    async def _wait_collector(self, deadline: float) -> None:
+        """Until the collector answers /healthz; CollectorError when it exits or never does."""
+        assert self.collector is not None
+        log_file = self.settings.data_dir / "logs" / "collector.log"
+        loop = asyncio.get_running_loop()
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.collector_url}/healthz", timeout=2) as resp:  # noqa: S310
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        while time.monotonic() < deadline:
+            if self.collector.poll() is not None:
+                lines = log_file.read_text(errors="replace").strip().splitlines()
+                raise CollectorError(
+                    f"the collector exited with code {self.collector.returncode}"
+                    + (f": {lines[-1]}" if lines else f"; see {log_file}")
+                )
+            if await loop.run_in_executor(None, healthy):
+                return
+            await asyncio.sleep(0.2)
+        raise CollectorError(f"the collector did not answer on {self.collector_url} within 40 s; see {log_file}")
 
     def _start_demo(self) -> None:
         from ripple.simulate import SimConfig, demo_stream, parse_inject, produce
@@ -254,6 +340,12 @@ class Up:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 5.0)
             if stop.is_set():
+                break
+            if self.collector is not None and self.collector.poll() is not None:
+                self.say(
+                    f"collector exited with code {self.collector.returncode}; "
+                    f"see {self.settings.data_dir}/logs/collector.log"
+                )
                 break
             if self.worker is not None and self.worker.poll() is not None:
                 self.say(
@@ -317,6 +409,15 @@ class Up:
 
     async def _shutdown(self) -> None:
         t0 = time.monotonic()
+        if self.collector is not None and self.collector.poll() is None:
+            # first: no new events; it delivers what it has acknowledged to nobody yet
+            self.collector.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.collector.wait, 8)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
+                self.collector.wait()
+        log.info("collector stopped after %.1f s", time.monotonic() - t0)
         self.sim_stop.set()
         if self.sim_thread is not None:
             self.sim_thread.join(3)

@@ -28,13 +28,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extra}"
   touch "$stamp"
 fi
-# The tests run the real tools: promtool (Prometheus rules), amtool (Alertmanager routing)
-# and headless Chromium (the built-in dashboard). Debian packages them.
+# The tests run the real tools: promtool (Prometheus rules), amtool (Alertmanager routing),
+# headless Chromium (the built-in dashboard, the storefront snippet) and wrk (the collector's
+# load test). Debian packages them.
 if [ "${1:-}" = "--dev" ]; then
   missing=""
   command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
   command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
   command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
   if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing Debian packages:$missing" >&2

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sinks.clickhouse import ClickHouse
 
@@ -84,3 +87,32 @@ def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("headless Chromium is needed: apt-get install chromium")
+    return path
+
+
+def dump_dom(url: str, budget_ms: int, *options: str) -> str:
+    """The DOM of the page headless Chromium ends on after opening ``url`` and running its
+    scripts for ``budget_ms`` of virtual time."""
+    done = subprocess.run(
+        [
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            *options,
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

@@ -77,5 +77,5 @@ def test_environment_and_flags_are_read_in_one_place(tmp_path: Path) -> None:
 def test_help_lists_the_commands() -> None:
     result = ripple("--help")
     assert result.returncode == 0
-    for command in ("up", "worker", "sink", "simulate", "evaluate", "migrate"):
+    for command in ("up", "worker", "sink", "collect", "simulate", "evaluate", "bench", "migrate"):
         assert command in result.stdout

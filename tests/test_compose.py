@@ -233,7 +233,7 @@ def test_monitoring_mounts_match_the_configs(services: dict[str, dict[str, Any]]
 
 def test_prometheus_targets_are_compose_services(services: dict[str, dict[str, Any]]) -> None:
     config = _load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
-    ports = {"worker": "6066", "sink": "8081", "alertmanager": "9093"}
+    ports = {"worker": "6066", "sink": "8081", "alertmanager": "9093", "collector": "8090"}
     for job in config["scrape_configs"]:
         for sd in job.get("dns_sd_configs", []):
             for host in sd["names"]:

@@ -152,6 +152,55 @@ CASES: dict[str, Case] = {
     "sink no bootstrap": Case(("sink",), {}, "--bootstrap"),
     "sink clickhouse": Case(("sink", "--clickhouse", "mysql://x"), BROKER, "chdb://"),
     "sink partitions": Case(("sink", "--partitions", "0"), BROKER, "partitions"),
+    # -- collect ---------------------------------------------------------------------------
+    "collect no bootstrap": Case(("collect",), {}, "--bootstrap"),
+    "collect port flag": Case(("collect", "--port", "99999"), BROKER, "99999"),
+    "collect port text": Case(("collect", "--port", "http"), BROKER, "not a port number"),
+    "collect bootstrap": Case(("collect", "--bootstrap", "nohostport"), {}, "HOST:PORT"),
+    "collector port env": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_PORT": "70000"}, "collector port"),
+    "collector port text": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_PORT": "x"}, "RIPPLE_COLLECTOR_PORT"),
+    "collector host": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_HOST": "a host"}, "RIPPLE_COLLECTOR_HOST"),
+    "collector salt short": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_SALT": "s3cr3t"}, "at least 16"),
+    "collector salt space": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_SALT": SECRET + " more"}, "without spaces"),
+    "collector salt and file": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_SALT": TOKEN, "RIPPLE_COLLECTOR_SALT_FILE": "{file}"}, "not both"
+    ),
+    "collector salt file missing": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_SALT_FILE": "{tmp}/none"}, "cannot read"
+    ),
+    "collector salt file lines": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_SALT_FILE": "{two_lines}"}, "one line"
+    ),
+    "collector origins": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_ORIGINS": "shop.example"}, "RIPPLE_COLLECTOR_ORIGINS"
+    ),
+    "collector origin path": Case(
+        ("up",), {"RIPPLE_COLLECTOR_ORIGINS": "https://shop.example/cart"}, "RIPPLE_COLLECTOR_ORIGINS"
+    ),
+    "collector landing url": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_LANDING_URL": "javascript:alert(1)"}, "RIPPLE_COLLECTOR_LANDING_URL"
+    ),
+    "collector landing relative": Case(
+        ("up",), {"RIPPLE_COLLECTOR_LANDING_URL": "/home"}, "RIPPLE_COLLECTOR_LANDING_URL"
+    ),
+    "collector ref param": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_REF_PARAM": "a b"}, "RIPPLE_COLLECTOR_REF_PARAM"
+    ),
+    "collector rate negative": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_RATE": "-1"}, "RIPPLE_COLLECTOR_RATE"),
+    "collector burst zero": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_BURST": "0"}, "RIPPLE_COLLECTOR_BURST"),
+    "collector body tiny": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_MAX_BODY_BYTES": "10"}, "RIPPLE_COLLECTOR_MAX_BODY_BYTES"
+    ),
+    "collector events zero": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_MAX_EVENTS": "0"}, "RIPPLE_COLLECTOR_MAX_EVENTS"
+    ),
+    "collector events over": Case(("up",), {"RIPPLE_COLLECTOR_MAX_EVENTS": "20000"}, "RIPPLE_COLLECTOR_MAX_EVENTS"),
+    "collector linger": Case(
+        ("collect",), {**BROKER, "RIPPLE_COLLECTOR_LINGER_MS": "5000"}, "RIPPLE_COLLECTOR_LINGER_MS"
+    ),
+    "collector proxies": Case(("collect",), {**BROKER, "RIPPLE_COLLECTOR_PROXIES": "-1"}, "RIPPLE_COLLECTOR_PROXIES"),
+    "collect data dir file": Case(("collect", "--data-dir", "{file}"), BROKER, "not a directory"),
+    "up collector port": Case(("up", "--collector-port", "99999"), {}, "99999"),
     # -- simulate ----------------------------------------------------------------------------
     "sim views negative": Case(("simulate", "--views", "-5", "--out", "{tmp}"), {}, "negative"),
     "sim creators text": Case(("simulate", "--creators", "many", "--out", "{tmp}"), {}, "not a number"),

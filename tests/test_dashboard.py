@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stack import chromium
 
 from ripple.broker import free_port
 
@@ -36,13 +36,6 @@ KEY_PANELS = {
     "fraud": ["by-rule", "alerts-per-day", "blocked", "leaked", "latest"],
     "pipeline": ["stored", "sink", "dead-letters"],
 }
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("headless Chromium is needed: apt-get install chromium")
-    return path
 
 
 def get(url: str) -> Any:

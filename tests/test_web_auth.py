@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stack import dump_dom
 
 from ripple.broker import free_port
 from ripple.config import load_settings
@@ -172,30 +172,8 @@ def test_the_token_never_reaches_the_output(guarded: Server, tmp_path: Path) -> 
     assert TOKEN not in output
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("headless Chromium is needed: apt-get install chromium")
-    return path
-
-
 def dom(url: str) -> str:
-    done = subprocess.run(
-        [
-            chromium(),
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return dump_dom(url, 8000)
 
 
 RENDERED = re.compile(r'<main[^>]*id="view"[^>]*data-view="creators"')
