@@ -50,7 +50,6 @@ def install(compacted_topics: tuple[str, ...]) -> None:
     cls._ripple_strict_offsets = True
     cls._ripple_seeking = False  # True while perform_seek runs
     original_perform_seek = cls.perform_seek
-    original_seek = cls.seek
 
     def expected(self: Any) -> dict[Any, int]:
         table: dict[Any, int] | None = getattr(self, "_ripple_next", None)
@@ -87,13 +86,15 @@ def install(compacted_topics: tuple[str, ...]) -> None:
         # a partition without a commit would go on from wherever its fetch was
         fresh = [tp for tp in self.assignment() if strict(tp.topic) and tp not in nxt]
         if fresh:
-            for tp, first in (await self.earliest_offsets(*fresh)).items():
-                await original_seek(self, tp, first)
-                nxt[tp] = first
+            firsts = dict(await self.earliest_offsets(*fresh))
+            await self.seek_wait(firsts)
+            nxt.update(firsts)
         self.__dict__["_ripple_base"] = dict(nxt)
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
-        await original_seek(self, partition, offset)
+        # in the consumer's own thread, as Faust's seek_to_committed does: seeking from the
+        # event loop's thread races the fetcher (aiokafka's fetched_records raised KeyError)
+        await self.seek_wait({partition: offset})
         expected(self)[partition] = offset
         per_tp = self.__dict__.setdefault("_ripple_tp_seeks", {})
         per_tp[partition] = per_tp.get(partition, 0) + 1

@@ -76,6 +76,8 @@ def apply_claim(state: dict[str, Any], claim: dict[str, Any]) -> tuple[dict[str,
     held = claims.get(claim["order_id"])
     if held is not None and held["version"] > claim["version"]:
         return None, None
+    if claim["version"] <= state.get("void", {}).get(claim["order_id"], -1):
+        return None, None  # retracted already: a replay of the claim, or it came late
     claims[claim["order_id"]] = {k: claim[k] for k in CLAIM_FIELDS}
     return _place(state, claim["node_id"], claim["ts"])
 
@@ -84,7 +86,13 @@ def retract_claim(
     state: dict[str, Any], retract: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The order behind a claim lost its credit from that parent (a fraud verdict or a
-    restatement): the customer takes its place from its next credited order, or none."""
+    restatement): the customer takes its place from its next credited order, or none.
+
+    The retraction is remembered (``void``: order → version), so that a claim of that
+    order with no newer version, arriving after it, changes nothing: after a restart a
+    referrer can send an order's claim again, behind its retraction."""
+    void: dict[str, int] = state.setdefault("void", {})
+    void[retract["order_id"]] = max(void.get(retract["order_id"], -1), retract["version"])
     claims: dict[str, Any] = state.get("claims", {})
     held = claims.get(retract["order_id"])
     if held is None or held["parent_id"] != retract["parent_id"] or held["version"] > retract["version"]:

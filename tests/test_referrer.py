@@ -185,6 +185,28 @@ def test_a_customer_whose_credited_order_lost_its_credit_is_no_node_or_moves_to_
     assert ref.on_claim(cus, {**retract, "order_id": "o3", "version": 4}) == []
 
 
+def test_a_claim_behind_its_retraction_changes_nothing() -> None:
+    """After a restart a referrer can send an order's claim again behind the retraction
+    that voided it (or a retraction can overtake its claim): the retraction stands until
+    the order is credited again with a newer version."""
+    jane: dict[str, Any] = ref.new_state()
+    claim = by_topic(credit(jane, row("cr-jane", "creator", "o1", "cus-1", T)), "ripple-lineage")[0]
+    lost = {**row("cr-jane", "creator", "o1", "cus-1", T, credit=0.0), "version": claim["version"]}
+    [retract] = by_topic(credit(jane, lost), "ripple-lineage")
+    cus: dict[str, Any] = ref.new_state()
+    ref.on_claim(cus, claim)
+    gone = ref.on_claim(cus, retract)
+    assert [v["active"] for v in by_topic(gone, "chain_nodes")] == [0]
+    assert ref.on_claim(cus, claim) == []  # the replayed claim
+    assert "lin" not in cus
+    late: dict[str, Any] = ref.new_state()
+    assert ref.on_claim(late, retract) == []  # the retraction first, then its claim
+    assert ref.on_claim(late, claim) == [] and "lin" not in late
+    # credited again, with a newer version: a node again
+    again = {**claim, "version": claim["version"] + 1}
+    assert [v["active"] for v in by_topic(ref.on_claim(cus, again), "chain_nodes")] == [1]
+
+
 def test_a_customers_credits_wait_until_its_place_is_settled() -> None:
     jane: dict[str, Any] = ref.new_state()
     leo: dict[str, Any] = ref.new_state()
