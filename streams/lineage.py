@@ -76,7 +76,7 @@ def apply_claim(state: dict[str, Any], claim: dict[str, Any]) -> tuple[dict[str,
     held = claims.get(claim["order_id"])
     if held is not None and held["version"] > claim["version"]:
         return None, None
-    if claim["version"] <= state.get("void", {}).get(claim["order_id"], -1):
+    if claim["version"] <= state.get("void", {}).get(_voided(claim), -1):
         return None, None  # retracted already: a replay of the claim, or it came late
     claims[claim["order_id"]] = {k: claim[k] for k in CLAIM_FIELDS}
     return _place(state, claim["node_id"], claim["ts"])
@@ -88,17 +88,23 @@ def retract_claim(
     """The order behind a claim lost its credit from that parent (a fraud verdict or a
     restatement): the customer takes its place from its next credited order, or none.
 
-    The retraction is remembered (``void``: order → version), so that a claim of that
-    order with no newer version, arriving after it, changes nothing: after a restart a
-    referrer can send an order's claim again, behind its retraction."""
+    The retraction is remembered (``void``: order and parent → version), so that the same
+    parent's claim of that order with no newer version, arriving after it, changes nothing:
+    after a restart a referrer can send an order's claim again, behind its retraction. (A
+    restatement to another referrer carries the retraction's version: it still counts.)"""
     void: dict[str, int] = state.setdefault("void", {})
-    void[retract["order_id"]] = max(void.get(retract["order_id"], -1), retract["version"])
+    key = _voided(retract)
+    void[key] = max(void.get(key, -1), retract["version"])
     claims: dict[str, Any] = state.get("claims", {})
     held = claims.get(retract["order_id"])
     if held is None or held["parent_id"] != retract["parent_id"] or held["version"] > retract["version"]:
         return None, None
     del claims[retract["order_id"]]
     return _place(state, retract["node_id"], retract["ts"])
+
+
+def _voided(claim: dict[str, Any]) -> str:
+    return f"{claim['order_id']}\x1f{claim['parent_id']}"
 
 
 CLAIM_FIELDS = ("node_id", "parent_id", "root_id", "generation", "anc", "own", "ts", "order_id", "version")

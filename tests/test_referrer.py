@@ -202,6 +202,9 @@ def test_a_claim_behind_its_retraction_changes_nothing() -> None:
     late: dict[str, Any] = ref.new_state()
     assert ref.on_claim(late, retract) == []  # the retraction first, then its claim
     assert ref.on_claim(late, claim) == [] and "lin" not in late
+    # restated to another referrer: that claim carries the retraction's version and counts
+    moved = {**claim, "parent_id": "cr-leo", "root_id": "cr-leo"}
+    assert [v["parent_id"] for v in by_topic(ref.on_claim(late, moved), "chain_nodes")] == ["cr-leo"]
     # credited again, with a newer version: a node again
     again = {**claim, "version": claim["version"] + 1}
     assert [v["active"] for v in by_topic(ref.on_claim(cus, again), "chain_nodes")] == [1]
