@@ -346,6 +346,8 @@ def activity_order(state: dict[str, Any], order_id: str, ts: int, credited: bool
     if credited:
         orders[order_id] = ts
         hours[hour] = hours.get(hour, 0) + 1
+        # the first hour with a credited order: history even after its hour left the window
+        state["f"] = min(int(state.get("f", ts // HOUR_MS)), ts // HOUR_MS)
     else:
         old = str(orders.pop(order_id) // HOUR_MS)
         if old in hours:  # hours older than the spike history are gone already
@@ -391,11 +393,14 @@ def refund_check(state: dict[str, Any], cfg: FraudConfig) -> dict[str, Any] | No
 
 def spike_check(state: dict[str, Any], ts: int, cfg: FraudConfig) -> dict[str, Any] | None:
     """The hour of ``ts`` against an EWMA of the referrer's own earlier hours (zero hours
-    included), once it has three hours of history."""
+    included), once it has three hours of history. History starts at the referrer's first
+    credited order, even one older than the window (its quiet hours since count)."""
     hours = {int(h): n for h, n in state.get("h", {}).items()}
     hour = ts // HOUR_MS
     orders = hours.get(hour, 0)
     earlier = [h for h in hours if h < hour]
+    if "f" in state and int(state["f"]) < hour:
+        earlier.append(int(state["f"]))
     if orders < cfg.spike_min_orders or not earlier:
         return None
     first = max(min(earlier), hour - SPIKE_HISTORY_HOURS)

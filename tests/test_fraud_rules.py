@@ -182,6 +182,8 @@ def test_conversion_spike_against_its_own_ewma() -> None:
     assert spike_hours([20, 22, 19, 21, 20, 23, 21, 22]) is None  # a steady seller
     assert spike_hours([1, 0, 30]) is None  # two hours of history are not enough
     assert spike_hours([1, 0, 0, 30]) is not None  # empty hours count as zero
+    # an order ten days before (beyond the 168 h history) still makes the quiet week history
+    assert spike_hours([1, *[0] * 239, 30]) is not None
 
 
 def test_alerts_are_kept_once_per_rule_subject_and_cool_down() -> None:
