@@ -23,14 +23,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not between 0 and 65535")
-    return port
+def _within(kind: type, low: float, high: float, not_a: str, outside: str) -> Any:
+    """A number of ``kind`` in [low, high]; ``outside`` is formatted with ``value`` (as given)
+    and ``v`` (as read)."""
+
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {not_a}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(outside.format(value=value, v=v))
+        return v
+
+    return parse
+
+
+_port = _within(int, 0, 65535, "a port number", "{v} is not between 0 and 65535")
 
 
 def _hostport(value: str) -> str:
@@ -65,14 +74,7 @@ def _days(value: str) -> float:
     return float(days)
 
 
-def _share(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return v
+_share = _within(float, 0, 1, "a number", "{value} must be between 0 and 1")
 
 
 def _inject(value: str) -> tuple[str, ...]:

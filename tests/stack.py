@@ -89,6 +89,14 @@ def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+def spawn_service(
+    kind: str, bootstrap: str, data_dir: Path, web_port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``ripple sink`` or ``ripple worker`` on ``bootstrap``, with its data dir and web port."""
+    args = ("--bootstrap", bootstrap, "--data-dir", str(data_dir), "--web-port", str(web_port))
+    return spawn(kind, *args, log=log, env=env)
+
+
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from hostile import PREFIX, Generator, Hostile, corpus, count
-from stack import assert_paid_as_the_truth, get, kill_all, spawn, wait_for
+from stack import assert_paid_as_the_truth, get, kill_all, spawn_service, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import Message, SimConfig, generate, parse_inject, producer_config
@@ -110,11 +110,9 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     try:
         create_topics(broker.bootstrap, 4)
         web = free_port()
-        sink_args = ("sink", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "sink"), "--web-port", str(web))
-        sink = spawn(*sink_args, log=base / "sink.log")
+        sink = spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log")
         procs.append(sink)
-        worker_args = ("worker", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "w"))
-        worker = spawn(*worker_args, "--web-port", str(free_port()), log=base / "worker.log")
+        worker = spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker.log")
         procs.append(worker)
 
         ds = generate(SimConfig(seed=SEED, start_ms=1_767_225_600_000, views=2000, inject=parse_inject("all")))

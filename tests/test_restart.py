@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn, wait_for
+from stack import assert_paid_as_the_truth, get, kill_all, spawn_service, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, parse_inject, produce
@@ -38,19 +38,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
     try:
         create_topics(broker.bootstrap, 4)
         web = free_port()
-        sink = spawn(
-            "sink",
-            "--bootstrap",
-            broker.bootstrap,
-            "--data-dir",
-            str(base / "sink"),
-            "--web-port",
-            str(web),
-            log=base / "sink.log",
-        )
+        sink = spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log")
         procs.append(sink)
-        worker_args = ("worker", "--bootstrap", broker.bootstrap, "--data-dir", str(base / "w"), "--web-port")
-        worker = spawn(*worker_args, str(free_port()), log=base / "worker1.log")
+        worker = spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker1.log")
         procs.append(worker)
         ds = generate(SimConfig(seed=7, start_ms=1_767_225_600_000, views=4000, inject=INJECT_ALL))
         produce(ds.reference, broker.bootstrap)
@@ -64,7 +54,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
         if mode == "killwait":
             time.sleep(8)
         worker2_port = free_port()
-        worker = spawn(*worker_args, str(worker2_port), log=base / "worker2.log")
+        worker = spawn_service("worker", broker.bootstrap, base / "w", worker2_port, base / "worker2.log")
         procs.append(worker)
         produce(ds.events[half:], broker.bootstrap)
         truth = ds.truth

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn
+from stack import assert_paid_as_the_truth, get, kill_all, spawn_service
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, produce
@@ -83,30 +83,10 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
     try:
         create_topics(broker.bootstrap, 4)
         web = free_port()
-        sink = spawn(
-            "sink",
-            "--bootstrap",
-            broker.bootstrap,
-            "--data-dir",
-            str(volume),
-            "--web-port",
-            str(web),
-            log=base / "sink.log",
-            env={"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)},
-        )
+        env = {"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)}
+        sink = spawn_service("sink", broker.bootstrap, volume, web, base / "sink.log", env=env)
         procs.append(sink)
-        procs.append(
-            spawn(
-                "worker",
-                "--bootstrap",
-                broker.bootstrap,
-                "--data-dir",
-                str(base / "w"),
-                "--web-port",
-                str(free_port()),
-                log=base / "worker.log",
-            )
-        )
+        procs.append(spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker.log"))
         ds = generate(SimConfig(seed=41, start_ms=1_767_225_600_000, views=4000))
         produce(ds.reference, broker.bootstrap)
         half = len(ds.events) // 3

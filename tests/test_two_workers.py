@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn
+from stack import assert_paid_as_the_truth, get, kill_all, spawn_service
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, produce
@@ -35,34 +35,12 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
     try:
         create_topics(broker.bootstrap, 4)
         web = free_port()
-        procs.append(
-            spawn(
-                "sink",
-                "--bootstrap",
-                broker.bootstrap,
-                "--data-dir",
-                str(base / "sink"),
-                "--web-port",
-                str(web),
-                log=base / "sink.log",
-            )
-        )
+        procs.append(spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log"))
         metrics = []
         for n in (1, 2):
             port = free_port()
             metrics.append(f"http://127.0.0.1:{port}/metrics")
-            procs.append(
-                spawn(
-                    "worker",
-                    "--bootstrap",
-                    broker.bootstrap,
-                    "--data-dir",
-                    str(base / f"w{n}"),
-                    "--web-port",
-                    str(port),
-                    log=base / f"worker{n}.log",
-                )
-            )
+            procs.append(spawn_service("worker", broker.bootstrap, base / f"w{n}", port, base / f"worker{n}.log"))
         time.sleep(8)  # both in the group before the data comes
         ds = generate(SimConfig(seed=9, start_ms=1_767_225_600_000, views=3000))
         produce(ds.reference, broker.bootstrap)
