@@ -258,7 +258,8 @@ def flood_add(state: dict[str, Any], ts: int, event_id: str, visitor_id: str, cf
 
 
 # -- code leakage: state per code, kept at the code's referrer ------------------------------
-# {"b": {bucket: {order_id: [untouched, coupon]}}, "s": {bucket: [n, untouched]}, "x": [leaking buckets]}
+# {"b": {bucket: {order_id: [untouched, coupon]}}, "s": {bucket: [n, untouched]},
+#  "x": [leaking buckets], "w": latest redemption ts}
 LEAK_HISTORY = 28
 
 
@@ -266,13 +267,31 @@ def leak_bucket(ts: int, cfg: FraudConfig) -> int:
     return ts // cfg.leak_window_ms
 
 
-def leak_add(state: dict[str, Any], order_id: str, ts: int, untouched: bool, coupon: bool, cfg: FraudConfig) -> int:
-    """Record (or update) one redemption of the code; return its bucket."""
+def leak_open_from(state: dict[str, Any], cfg: FraudConfig) -> int:
+    """The oldest bucket whose verdict can still change: ``block_hold_ms`` behind the code's
+    latest redemption (event time, so the same whatever order redemptions arrive in)."""
+    return leak_bucket(state["w"], cfg) - 1 - cfg.block_hold_ms // cfg.leak_window_ms
+
+
+def leak_add(
+    state: dict[str, Any], order_id: str, ts: int, untouched: bool, coupon: bool, cfg: FraudConfig
+) -> int | None:
+    """Record (or update) one redemption of the code; return its bucket, or None when the
+    bucket is settled (its detail is gone) and the redemption can change nothing."""
+    state["w"] = max(int(state.get("w", ts)), ts)
     bucket = leak_bucket(ts, cfg)
+    if bucket < leak_open_from(state, cfg) and str(bucket) not in state.get("b", {}):
+        return None
     orders = state.setdefault("b", {}).setdefault(str(bucket), {})
     orders[order_id] = [int(untouched), int(coupon)]
     state.setdefault("s", {})[str(bucket)] = [len(orders), sum(o[0] for o in orders.values())]
     return bucket
+
+
+def leak_open_buckets(state: dict[str, Any], since: int) -> list[int]:
+    """Buckets from ``since`` on that still hold their redemptions: a bucket's verdict
+    depends on the buckets before it, so a change to one re-decides all of these."""
+    return sorted(b for b in map(int, state.get("b", {})) if b >= since)
 
 
 def leak_baseline(state: dict[str, Any], bucket: int, cfg: FraudConfig) -> float:
@@ -318,16 +337,18 @@ def leak_blocked(state: dict[str, Any], bucket: int, leaking: bool) -> set[str]:
     return {o for o, (untouched, coupon) in orders.items() if untouched and (coupon or leaking)}
 
 
-def leak_prune(state: dict[str, Any], now_ms: int, cfg: FraudConfig) -> None:
-    """Keep per-order detail while it can still change a verdict; shares for the baseline."""
-    current = leak_bucket(now_ms, cfg)
-    keep_detail = current - 1 - cfg.block_hold_ms // cfg.leak_window_ms
-    for b in [b for b in state.get("b", {}) if int(b) < keep_detail]:
-        del state["b"][b]
+def leak_prune(state: dict[str, Any], cfg: FraudConfig) -> list[str]:
+    """Drop per-order detail of settled buckets (returned: their orders); keep the shares
+    the open buckets' baselines need."""
+    open_from = leak_open_from(state, cfg)
+    settled = [b for b in state.get("b", {}) if int(b) < open_from]
+    gone = [o for b in settled for o in state["b"].pop(b)]
     summaries = state.get("s", {})
-    for b in sorted(summaries, key=int)[: -LEAK_HISTORY - 1]:
+    older = sorted((b for b in summaries if int(b) < open_from), key=int)
+    for b in older[: max(0, len(older) - LEAK_HISTORY)]:
         del summaries[b]
     state["x"] = [b for b in state.get("x", []) if str(b) in summaries]
+    return gone
 
 
 # -- refund rate and conversion spikes: state per referrer ----------------------------------

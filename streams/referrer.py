@@ -348,16 +348,19 @@ def on_refund(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list
 def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
     """One (re)credited order that used one of this referrer's codes.
 
-    Decides leakage for the code's 6-hour bucket and restates the untouched redemptions
-    whose verdict changed; with policy ``no_commission`` they are blocked (credited, no
-    commission). Their rows are kept (only untouched ones can ever be blocked) until the
-    verdict can no longer change."""
+    Decides leakage for the code's 6-hour bucket and for every later bucket still open (their
+    baselines include this one), and restates the untouched redemptions whose verdict
+    changed; with policy ``no_commission`` they are blocked (credited, no commission). The
+    verdicts depend only on the redemptions, not on the order they arrive in. Rows of
+    untouched redemptions are kept (only those can ever be blocked) until their bucket is
+    settled."""
     cfg = ctx.rules
     referrer, code, order_id = note["referrer_id"], note["code"], note["order_id"]
-    codes = state.setdefault("codes", {})
-    leak = codes.setdefault(code, {})
+    leak = state.setdefault("codes", {}).setdefault(code, {})
     untouched = not note["touched"]
     bucket = fraud.leak_add(leak, order_id, note["ts"], untouched, note["coupon"], cfg)
+    if bucket is None:
+        return []  # later than any verdict it could change
     red: dict[str, Any] = state.setdefault("red", {})
     if untouched:
         red.setdefault(order_id, {"code": code, "ts": note["ts"]})
@@ -367,25 +370,38 @@ def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> 
     if untouched and note["coupon"]:
         evidence = {"order_id": order_id, "referrer_domain": note.get("domain", ""), "signals": ["coupon_site"]}
         out.append(alert("code_leakage", "high", code, note["ts"], evidence, referrer, code))
-    found = fraud.leak_check(leak, bucket, ctx.followers_of(referrer), cfg)
+    followers = ctx.followers_of(referrer)
+    for b in fraud.leak_open_buckets(leak, bucket):
+        out += _leak_verdict(state, referrer, code, b, fraud.leak_check(leak, b, followers, cfg), ctx)
+    for oid in fraud.leak_prune(leak, cfg):
+        red.pop(oid, None)
+    return out
+
+
+def _leak_verdict(
+    state: dict[str, Any], referrer: str, code: str, bucket: int, found: dict[str, Any] | None, ctx: Context
+) -> list[Output]:
+    """Alert when the bucket starts to leak (dated at the bucket's start, so a replay finds
+    the same alert); restate the bucket's redemptions whose verdict changed."""
+    leak = state["codes"][code]
+    out: list[Output] = []
     leaking = found is not None
     if found is not None and bucket not in leak.setdefault("x", []):
         leak["x"].append(bucket)
         sample = sorted(fraud.leak_blocked(leak, bucket, True))[:20]
-        out.append(alert("code_leakage", "high", code, note["ts"], {**found, "orders": sample}, referrer, code))
+        evidence = {**found, "orders": sample}
+        out.append(alert("code_leakage", "high", code, found["window_start_ms"], evidence, referrer, code))
     elif not leaking and bucket in leak.get("x", []):
         leak["x"].remove(bucket)
-    if cfg.leak_policy == "no_commission":
-        blocked = fraud.leak_blocked(leak, bucket, leaking)
-        for oid in sorted(o for o, r in red.items() if r["code"] == code and fraud.leak_bucket(r["ts"], cfg) == bucket):
-            entry = red[oid]
-            if bool(entry.get("blocked")) == (oid in blocked):
-                continue
-            entry["blocked"] = oid in blocked
-            for row in list(entry.get("rows", {}).values()):
-                out.extend(_credit(state, row, ctx))  # restated with the new verdict
-    fraud.leak_prune(leak, note["ts"], cfg)
-    horizon = note["ts"] - cfg.leak_window_ms - cfg.block_hold_ms
-    for oid in [o for o, r in red.items() if r["ts"] < horizon]:
-        del red[oid]
+    if ctx.rules.leak_policy != "no_commission":
+        return out
+    blocked = fraud.leak_blocked(leak, bucket, leaking)
+    red = state.get("red", {})
+    for oid in sorted(leak["b"][str(bucket)]):
+        entry = red.get(oid)
+        if entry is None or entry["code"] != code or bool(entry.get("blocked")) == (oid in blocked):
+            continue
+        entry["blocked"] = oid in blocked
+        for row in list(entry.get("rows", {}).values()):
+            out.extend(_credit(state, row, ctx))  # restated with the new verdict
     return out

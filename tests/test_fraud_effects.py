@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 from streams import attribution as attr
@@ -211,6 +212,60 @@ def test_a_leaking_bucket_blocks_earlier_untouched_redemptions_and_releases_them
     rows = latest(out, "attributions")
     assert all(r["status"] == "ok" for r in rows.values())
     assert sum(t["credit"] for t in latest(out, "ripple-commissions").values()) == 30.0
+
+
+def leak_history() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """One code over five 6-hour buckets of 20 redemptions: 18 untouched in each of the first
+    four, 20 in the last. The first three leak (90 % > 80 %); the fourth does not (its
+    baseline, the median of 90 %, 90 %, 90 %, is 90 %); the fifth does (100 %)."""
+    six_h = RULES.leak_window_ms
+    start = T - T % six_h
+    pairs = []
+    for b in range(5):
+        for i in range(20):
+            oid, ts = f"b{b}-o{i:02}", start + b * six_h + i * MIN
+            touched = b < 4 and i < 2
+            pairs.append((redemption(oid, ts, touched=touched), code_row(oid, ts)))
+    return pairs
+
+
+def blocked_after(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[set[str], int]:
+    state = ref.new_state()
+    out: list[ref.Output] = []
+    for note, row in pairs:
+        out += ref.on_credit(state, note, CTX)
+        out += ref.on_credit(state, row, CTX)
+    rows = latest(out, "attributions")
+    blocked = {oid for (oid, _), r in rows.items() if r["status"] == "blocked"}
+    paid = sum(r["commission_minor"] for r in rows.values())
+    return blocked, paid
+
+
+def test_leakage_verdicts_do_not_depend_on_the_order_redemptions_arrive_in() -> None:
+    pairs = leak_history()
+    want = {f"b{b}-o{i:02}" for b in (0, 1, 2, 4) for i in range(20) if b == 4 or i >= 2}
+    assert blocked_after(pairs) == (want, (100 - len(want)) * 1_000)
+    rng = random.Random(7)
+    for _ in range(25):  # partitions upstream run at their own pace: any interleaving
+        shuffled = pairs[:]
+        rng.shuffle(shuffled)
+        assert blocked_after(shuffled) == (want, (100 - len(want)) * 1_000)
+    assert blocked_after(pairs[::-1]) == (want, (100 - len(want)) * 1_000)
+
+
+def test_a_redemption_later_than_its_settled_bucket_changes_nothing() -> None:
+    state = ref.new_state()
+    pairs = leak_history()
+    for note, row in pairs[:20]:  # bucket 0: leaking
+        ref.on_credit(state, note, CTX)
+        ref.on_credit(state, row, CTX)
+    later = T + 3 * DAY
+    ref.on_credit(state, redemption("late-1", later), CTX)  # bucket 0 is settled now
+    leak = state["codes"]["jane20"]
+    settled = dict(leak["s"])
+    assert ref.on_credit(state, redemption("b0-o99", pairs[0][0]["ts"]), CTX) == []
+    assert leak["s"] == settled and "b0-o99" not in state["red"]
+    assert not any(oid.startswith("b0-") for oid in state["red"])  # rows of settled buckets are let go
 
 
 def test_alert_only_policy_pays_a_leaked_code() -> None:
