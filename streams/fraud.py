@@ -259,7 +259,7 @@ def flood_add(state: dict[str, Any], ts: int, event_id: str, visitor_id: str, cf
 
 # -- code leakage: state per code, kept at the code's referrer ------------------------------
 # {"b": {bucket: {order_id: [untouched, coupon]}}, "s": {bucket: [n, untouched]},
-#  "x": [leaking buckets], "w": latest redemption ts}
+#  "x": [leaking buckets], "w": latest redemption ts, "e": {bucket: when it fell behind (s)}}
 LEAK_HISTORY = 28
 
 
@@ -268,8 +268,8 @@ def leak_bucket(ts: int, cfg: FraudConfig) -> int:
 
 
 def leak_open_from(state: dict[str, Any], cfg: FraudConfig) -> int:
-    """The oldest bucket whose verdict can still change: ``block_hold_ms`` behind the code's
-    latest redemption (event time, so the same whatever order redemptions arrive in)."""
+    """The oldest bucket that is not yet ``block_hold_ms`` behind the code's latest
+    redemption (event time)."""
     return leak_bucket(state["w"], cfg) - 1 - cfg.block_hold_ms // cfg.leak_window_ms
 
 
@@ -280,7 +280,7 @@ def leak_add(
     bucket is settled (its detail is gone) and the redemption can change nothing."""
     state["w"] = max(int(state.get("w", ts)), ts)
     bucket = leak_bucket(ts, cfg)
-    if bucket < leak_open_from(state, cfg) and str(bucket) not in state.get("b", {}):
+    if str(bucket) in state.get("s", {}) and str(bucket) not in state.get("b", {}):
         return None
     orders = state.setdefault("b", {}).setdefault(str(bucket), {})
     orders[order_id] = [int(untouched), int(coupon)]
@@ -337,14 +337,21 @@ def leak_blocked(state: dict[str, Any], bucket: int, leaking: bool) -> set[str]:
     return {o for o, (untouched, coupon) in orders.items() if untouched and (coupon or leaking)}
 
 
-def leak_prune(state: dict[str, Any], cfg: FraudConfig) -> list[str]:
-    """Drop per-order detail of settled buckets (returned: their orders); keep the shares
-    the open buckets' baselines need."""
+def leak_prune(state: dict[str, Any], cfg: FraudConfig, now_s: float, settled_before: float) -> list[str]:
+    """Settle buckets: drop the per-order detail of a bucket ``block_hold_ms`` behind the
+    code's latest redemption, once everything that was in the topics when it fell behind
+    has been read (``settled_before``, wall clock: partitions read at different paces can
+    hold its redemptions well behind the latest one). Return the settled orders. Keep the
+    shares the open buckets' baselines need."""
     open_from = leak_open_from(state, cfg)
-    settled = [b for b in state.get("b", {}) if int(b) < open_from]
-    gone = [o for b in settled for o in state["b"].pop(b)]
+    behind: dict[str, float] = state.setdefault("e", {})
+    gone: list[str] = []
+    for b in [b for b in state.get("b", {}) if int(b) < open_from]:
+        if behind.setdefault(b, now_s) < settled_before:
+            gone += state["b"].pop(b)
+            del behind[b]
     summaries = state.get("s", {})
-    older = sorted((b for b in summaries if int(b) < open_from), key=int)
+    older = sorted((b for b in summaries if b not in state.get("b", {})), key=int)
     for b in older[: max(0, len(older) - LEAK_HISTORY)]:
         del summaries[b]
     state["x"] = [b for b in state.get("x", []) if str(b) in summaries]

@@ -64,7 +64,7 @@ def on_credit(
     """
     kind = row.get("type")
     if kind == "redemption":
-        return on_redemption(state, row, ctx)
+        return on_redemption(state, row, ctx, now_s, settled_before)
     if kind == "refund":
         return on_refund(state, row, ctx)
     if row["referrer_type"] == "customer" and _unsettled(state, settled_before):
@@ -345,7 +345,9 @@ def on_refund(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list
     return [alert("refund_rate", "warning", referrer, note["ts"], evidence, referrer)]
 
 
-def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> list[Output]:
+def on_redemption(
+    state: dict[str, Any], note: dict[str, Any], ctx: Context, now_s: float = 0.0, settled_before: float = math.inf
+) -> list[Output]:
     """One (re)credited order that used one of this referrer's codes.
 
     Decides leakage for the code's 6-hour bucket and for every later bucket still open (their
@@ -353,7 +355,7 @@ def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> 
     changed; with policy ``no_commission`` they are blocked (credited, no commission). The
     verdicts depend only on the redemptions, not on the order they arrive in. Rows of
     untouched redemptions are kept (only those can ever be blocked) until their bucket is
-    settled."""
+    settled (:func:`fraud.leak_prune`)."""
     cfg = ctx.rules
     referrer, code, order_id = note["referrer_id"], note["code"], note["order_id"]
     leak = state.setdefault("codes", {}).setdefault(code, {})
@@ -373,7 +375,7 @@ def on_redemption(state: dict[str, Any], note: dict[str, Any], ctx: Context) -> 
     followers = ctx.followers_of(referrer)
     for b in fraud.leak_open_buckets(leak, bucket):
         out += _leak_verdict(state, referrer, code, b, fraud.leak_check(leak, b, followers, cfg), ctx)
-    for oid in fraud.leak_prune(leak, cfg):
+    for oid in fraud.leak_prune(leak, cfg, now_s, settled_before):
         red.pop(oid, None)
     return out
 

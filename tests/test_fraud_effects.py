@@ -268,6 +268,35 @@ def test_a_redemption_later_than_its_settled_bucket_changes_nothing() -> None:
     assert not any(oid.startswith("b0-") for oid in state["red"])  # rows of settled buckets are let go
 
 
+def test_a_bucket_stays_open_until_everything_read_before_it_fell_behind_is_read() -> None:
+    """Partitions read at different paces: half a bucket's redemptions, then one three days
+    later from a partition ahead of the others, then the other half. While the worker has
+    not read everything that was in the topics when the bucket fell behind, it stays open."""
+    state = ref.new_state()
+    pairs = leak_history()[:20]  # bucket 0: 18 of 20 untouched, a leak
+    out: list[ref.Output] = []
+
+    def credit(note: dict[str, Any], now_s: float, settled_before: float) -> None:
+        nonlocal out
+        out += ref.on_credit(state, note, CTX, now_s, settled_before)
+
+    for note, row in pairs[:10]:
+        credit(note, 100.0, 50.0)
+        credit(row, 100.0, 50.0)
+    credit(redemption("later", T + 3 * DAY, touched=True), 100.0, 50.0)
+    for note, row in pairs[10:]:
+        credit(note, 101.0, 99.0)
+        credit(row, 101.0, 99.0)
+    blocked = {oid for (oid, _), r in latest(out, "attributions").items() if r["status"] == "blocked"}
+    assert blocked == {f"b0-o{i:02}" for i in range(2, 20)}
+    bucket = str(pairs[0][0]["ts"] // RULES.leak_window_ms)
+    assert bucket in state["codes"]["jane20"]["b"]  # still open
+    credit(redemption("later-2", T + 3 * DAY + MIN, touched=True), 102.0, 101.0)  # read past it now
+    assert bucket not in state["codes"]["jane20"]["b"]
+    assert not any(oid.startswith("b0-") for oid in state["red"])
+    assert ref.on_credit(state, redemption("b0-o99", pairs[0][0]["ts"]), CTX, 103.0, 102.0) == []
+
+
 def test_alert_only_policy_pays_a_leaked_code() -> None:
     ctx = ref.Context(plan_of, lambda _r: [], "last_click", dataclasses.replace(RULES, leak_policy="alert_only"))
     state = ref.new_state()
