@@ -126,7 +126,9 @@ class Sink:
         """Consume one round; flush when due. Returns the number of messages read."""
         # consume() waits its whole timeout unless it fills up: never wait past a flush that is due
         until_due = self.last_flush + batch_s - time.monotonic() if self.pending_offsets else batch_s
-        messages = self.consumer.consume(num_messages=10_000, timeout=max(0.01, min(until_due, 0.5)))
+        # read no more messages than one batch has rows: what waits for a slow ClickHouse stays in Kafka
+        most = min(10_000, self.settings.sink_batch_rows)
+        messages = self.consumer.consume(num_messages=most, timeout=max(0.01, min(until_due, 0.5)))
         for msg in messages:
             err = msg.error()
             if err is not None:

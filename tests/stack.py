@@ -81,6 +81,44 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def sink_metrics(web_port: int, timeout: float = 10) -> dict[str, float]:
+    """The sink's ``ripple_sink_*`` metrics from /metrics, summed over their labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=timeout) as resp:
+        lines = resp.read().decode().splitlines()
+    out: dict[str, float] = {}
+    for line in lines:
+        if line.startswith("ripple_sink_"):
+            name, value = line.rsplit(" ", 1)
+            base = name.split("{", 1)[0]
+            out[base] = out.get(base, 0.0) + float(value)
+    return out
+
+
+def pipeline_lag(web_port: int) -> int:
+    """Messages not yet processed and written anywhere (the workers' inputs and their own
+    topics, the sink's), from the sink's /healthz."""
+    health = get(f"http://127.0.0.1:{web_port}/healthz")
+    return sum(v["lag"] for part in ("topics", "pipeline") for v in health.get(part, {}).values())
+
+
+def wait_drained(web_port: int, want_attributed: int, timeout: float) -> str:
+    """Wait until ClickHouse holds ``want_attributed`` credited orders and nothing waits
+    anywhere, three checks in a row: "" then, or what was seen last."""
+    deadline = time.monotonic() + timeout
+    quiet, seen = 0, "nothing (the sink did not answer)"
+    while time.monotonic() < deadline:
+        try:
+            totals, lag = get(f"http://127.0.0.1:{web_port}/api/totals"), pipeline_lag(web_port)
+        except OSError:
+            totals, lag = {}, -1
+        quiet = quiet + 1 if totals.get("attributed", 0) >= want_attributed and lag == 0 else 0
+        if quiet >= 3:
+            return ""
+        seen = f"{totals}, lag {lag}, want {want_attributed} attributed"
+        time.sleep(1)
+    return f"not drained after {timeout} s: {seen}"
+
+
 def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
     """The end of a test's stack: whatever still runs is killed."""
     for p in procs:

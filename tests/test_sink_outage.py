@@ -15,13 +15,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn_service
+from stack import assert_paid_as_the_truth, get, kill_all, sink_metrics, spawn_service, wait_drained, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import SimConfig, generate, produce
@@ -40,18 +39,6 @@ class Outage:
     during: list[dict[str, float]]  # /metrics samples while the disk was full
     after: dict[str, float]
     problem: str
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        lines = resp.read().decode().splitlines()
-    out: dict[str, float] = {}
-    for line in lines:
-        if line.startswith("ripple_sink_"):
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{", 1)[0]
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
 
 
 def fill(path: Path) -> None:
@@ -91,38 +78,17 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
         produce(ds.reference, broker.bootstrap)
         half = len(ds.events) // 3
         produce(ds.events[:half], broker.bootstrap)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 10:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
+        wait_for(lambda: get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 10, 120, "first credits")
         fill(filler)  # from here every insert fails
         produce(ds.events[half:], broker.bootstrap)
         during = []
         for _ in range(20):
             time.sleep(1)
-            during.append(metrics(web))
+            during.append(sink_metrics(web))
         filler.unlink()  # space again: the sink must find out by itself
         want = sum(1 for v in ds.truth["last_click"].values() if v)
-        problem = "did not recover"
-        deadline = time.monotonic() + 180
-        quiet = 0
-        while time.monotonic() < deadline:
-            t = get(f"http://127.0.0.1:{web}/api/totals")
-            h = get(f"http://127.0.0.1:{web}/healthz")
-            lag = sum(v["lag"] for v in h.get("topics", {}).values()) + sum(
-                v["lag"] for v in h.get("pipeline", {}).values()
-            )
-            quiet = quiet + 1 if t["attributed"] >= want and lag == 0 else 0
-            if quiet >= 3:
-                problem = ""
-                break
-            problem = f"did not recover: {t}, lag {lag}, want {want}"
-            time.sleep(1)
-        after = metrics(web)
+        problem = wait_drained(web, want, 180)
+        after = sink_metrics(web)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
