@@ -6,7 +6,9 @@ killed with SIGKILL (no flush, no commit) or stopped with SIGTERM at moments dra
 run's seed, and started again; in the rebalance run a second worker joins mid-run and the
 first one leaves later. After the pipeline drains, ClickHouse holds exactly the ground
 truth: the raw events, every credit and commission, the chains, the fraud verdicts and
-alerts, the dead letters, and ``creator_daily``. Seeds: ``RIPPLE_CHAOS_SEEDS`` (default 21,22).
+alerts, the dead letters, and ``creator_daily``. Seeds: ``RIPPLE_CHAOS_SEEDS`` (default 24,27,28:
+an out-of-order leak bucket, a leak burst behind a later redemption, a sink stopped while
+it joined its group).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -37,7 +40,7 @@ from sinks.runner import SINK_GROUP
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-SEEDS = [int(s) for s in os.environ.get("RIPPLE_CHAOS_SEEDS", "21,22").split(",") if s.strip()]
+SEEDS = [int(s) for s in os.environ.get("RIPPLE_CHAOS_SEEDS", "24,27,28").split(",") if s.strip()]
 CHUNKS = 8
 WORKER_GROUP = "ripple"
 
@@ -153,6 +156,29 @@ def dump_topics(bootstrap: str, into: Path) -> None:
         reader.close()
 
 
+def post_mortem(bootstrap: str, base: Path, procs: list[Proc]) -> None:
+    """Everything the topics hold, both groups' commits against the true ends, and where
+    every live process waits (``py-spy dump``; a worker also logs its tasks on SIGUSR1)."""
+    dump_topics(bootstrap, base / "topics")
+    lag = {
+        WORKER_GROUP: uncommitted(bootstrap, WORKER_GROUP, (*INPUT_TOPICS, *INTERNAL_TOPICS)),
+        SINK_GROUP: uncommitted(bootstrap, SINK_GROUP, (*INPUT_TOPICS, *OUTPUT_TOPICS)),
+    }
+    (base / "uncommitted.json").write_text(json.dumps(lag, indent=1))
+    spy = Path(sys.executable).parent / "py-spy"
+    for p in procs:
+        if not p.alive():
+            continue
+        assert p.proc is not None
+        if p.name.startswith("worker"):
+            p.proc.send_signal(signal.SIGUSR1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{p.port}/metrics", timeout=10) as resp:
+            (base / f"{p.name}.metrics").write_bytes(resp.read())
+        if spy.exists():
+            dump = subprocess.run([str(spy), "dump", "--pid", str(p.proc.pid)], capture_output=True, text=True)
+            (base / f"{p.name}.stacks").write_text(dump.stdout + dump.stderr)
+
+
 def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
     rng = random.Random(seed)
     broker = EmbeddedBroker(base / "broker.log")
@@ -215,14 +241,8 @@ def chaos_run(base: Path, seed: int, rebalance: bool) -> Iterator[Run]:
             return quiet >= 3
 
         problem = "" if eventually(drained, 240, interval=1) else f"not drained: {last}; actions {actions}"
-        if problem:  # what the topics hold and where the workers wait, for the post-mortem
-            dump_topics(broker.bootstrap, base / "topics")
-            for p in (w1, w2):
-                if p.alive():
-                    assert p.proc is not None
-                    p.proc.send_signal(signal.SIGUSR1)
-                    with urllib.request.urlopen(f"http://127.0.0.1:{p.port}/metrics", timeout=10) as resp:
-                        (base / f"{p.name}.metrics").write_bytes(resp.read())
+        if problem:  # what the topics hold and where the processes wait, for the post-mortem
+            post_mortem(broker.bootstrap, base, [w1, w2, sink])
         dead = [p.name for p in procs if p.starts and not p.alive() and p is not w2]
         if dead:
             problem += f" stopped by itself: {dead}"
