@@ -13,10 +13,12 @@ properties for confluent-kafka, keyword arguments for aiokafka, credentials for 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -276,6 +278,17 @@ class Settings:
     @property
     def runtime_file(self) -> Path:
         return self.data_dir / "runtime.json"
+
+    def group_instance_id(self, role: str) -> str:
+        """This process's static member id in its consumer group (KIP-345): one per role,
+        host, data dir and web port (two live processes on a host never share a port), the
+        same for every start of the same command. A restarted worker or sink takes its own
+        place back at once instead of joining anew, and a stop does not leave the group (its
+        partitions move on after the session timeout). It also keeps the embedded broker
+        from waiting for good on a member that is gone: a process stopped while it joined
+        could leave its group waiting for that member's sync forever."""
+        where = hashlib.sha256(f"{self.data_dir.resolve()}:{self.web_port}".encode()).hexdigest()[:12]
+        return f"ripple-{role}-{socket.gethostname()}-{where}"
 
     def with_web_port(self, default: int) -> Settings:
         """This command's web port: a flag or RIPPLE_WEB_PORT, else ``default``."""

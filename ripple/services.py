@@ -75,7 +75,7 @@ class SinkService:
         self.metrics = SinkMetrics()
         self.ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse_ca_file)
         self.ch.migrate()
-        self.sink = Sink(settings, self.ch, self.metrics)
+        self.sink = Sink(settings.replace(web_port=web_port), self.ch, self.metrics)
         kafka = settings.kafka
         self.monitor = OffsetMonitor(settings.bootstrap, security=kafka) if settings.bootstrap else None
         self.pipeline = (

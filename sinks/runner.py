@@ -8,9 +8,7 @@ write the sink stops consuming (backpressure), keeps its buffer and retries with
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -27,17 +25,6 @@ log = logging.getLogger("ripple.sink")
 
 SINK_GROUP = "ripple-sink"
 SINK_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
-
-
-def instance_id(settings: Settings) -> str:
-    """The sink's static member id in its group (KIP-345): one per host and data dir, so a
-    restarted sink takes its own place back at once instead of joining anew, and a stop
-    does not leave the group (another sink takes over its partitions after the session
-    timeout). It also keeps the embedded broker from holding the group for a member that
-    is gone: a sink stopped while it joined could leave the group waiting for its sync
-    forever (seen after a SIGTERM during the join that followed a SIGKILL)."""
-    where = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
-    return f"ripple-sink-{socket.gethostname()}-{where}"
 
 
 def _epoch_ms(ts: Any) -> float:
@@ -62,7 +49,7 @@ class Sink:
                 "bootstrap.servers": settings.bootstrap,
                 **settings.kafka.confluent(),
                 "group.id": SINK_GROUP,
-                "group.instance.id": instance_id(settings),
+                "group.instance.id": settings.group_instance_id("sink"),
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 6000,

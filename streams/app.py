@@ -293,6 +293,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         broker_session_timeout=6,
         broker_heartbeat_interval=2,
+        consumer_group_instance_id=settings.group_instance_id("worker"),  # a static member: see there
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_enabled=True,

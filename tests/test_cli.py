@@ -74,6 +74,18 @@ def test_environment_and_flags_are_read_in_one_place(tmp_path: Path) -> None:
         load_settings({"RIPPLE_CLICK_WINDOW_MS": "0"})
 
 
+def test_each_process_has_its_own_static_group_member_id_and_keeps_it_across_restarts(tmp_path: Path) -> None:
+    def member(role: str, data: str, port: int) -> str:
+        env = {"RIPPLE_DATA_DIR": str(tmp_path / data)}
+        return load_settings(env).with_web_port(port).group_instance_id(role)
+
+    assert member("worker", "a", 6066) == member("worker", "a", 6066)  # a restart takes its place back
+    others = [("sink", "a", 6066), ("worker", "b", 6066), ("worker", "a", 6067)]
+    ids = {member("worker", "a", 6066), *(member(*other) for other in others)}
+    assert len(ids) == 4
+    assert all(i.startswith(("ripple-worker-", "ripple-sink-")) and len(i) < 250 for i in ids)
+
+
 def test_help_lists_the_commands() -> None:
     result = ripple("--help")
     assert result.returncode == 0
