@@ -281,13 +281,15 @@ class Settings:
 
     def group_instance_id(self, role: str) -> str:
         """This process's static member id in its consumer group (KIP-345): one per role,
-        host, data dir and web port (two live processes on a host never share a port), the
-        same for every start of the same command. A restarted worker or sink takes its own
-        place back at once instead of joining anew, and a stop does not leave the group (its
-        partitions move on after the session timeout). It also keeps the embedded broker
-        from waiting for good on a member that is gone: a process stopped while it joined
-        could leave its group waiting for that member's sync forever."""
-        where = hashlib.sha256(f"{self.data_dir.resolve()}:{self.web_port}".encode()).hexdigest()[:12]
+        host and data dir, the same for every start (give each process its own data dir).
+        A restarted worker or sink takes its own place back at once instead of joining
+        anew, and a stop does not leave the group (its partitions move on after the session
+        timeout). It also keeps the embedded broker from waiting for good on a member that
+        is gone: a process stopped while it joined could leave its group waiting for that
+        member's sync forever. The embedded broker never expires a static member, so one
+        that leads a generation and never comes back holds its group there; Kafka expires
+        it after the session timeout."""
+        where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return f"ripple-{role}-{socket.gethostname()}-{where}"
 
     def with_web_port(self, default: int) -> Settings:
