@@ -227,6 +227,9 @@ class Settings:
     # worker batching
     worker_batch: int = 500
     worker_batch_ms: int = 50
+    # how long a fetch of the worker's and the sink's consumers may wait at the broker for
+    # records: Kafka answers once records arrive, the embedded broker only after the wait
+    fetch_wait_ms: int = 50
     # sink batching
     sink_batch_rows: int = 50_000
     sink_batch_ms: int = 500
@@ -402,6 +405,8 @@ def validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
+    if not 1 <= s.fetch_wait_ms <= 10_000:
+        raise ConfigError(f"{_variable('fetch_wait_ms')} must be between 1 and 10000, got {s.fetch_wait_ms}")
     for name in ("max_lateness_ms", "max_future_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be zero or positive, got {getattr(s, name)}")

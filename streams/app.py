@@ -284,6 +284,7 @@ class ReferenceReader(Service):
 def create_app(settings: Settings) -> faust.App:
     assert settings.bootstrap, "the worker needs a broker address"
     faust_fixes.install(COMPACTED_TOPICS)
+    faust_fixes.install_fetch_wait(settings.fetch_wait_ms)
     app = faust.App(
         APP_ID,
         broker=f"kafka://{settings.bootstrap}",
