@@ -33,7 +33,14 @@ from aiohttp import web
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
-from ripple.config import COLLECTOR_SALT_MIN_LENGTH, ConfigError, Secret, Settings, collector_origins
+from ripple.config import (
+    COLLECTOR_SALT_MIN_LENGTH,
+    ConfigError,
+    Secret,
+    Settings,
+    collector_origins,
+    producer_properties,
+)
 from ripple.intake import (
     TOPICS,
     VISITOR_COOKIE,
@@ -219,21 +226,16 @@ class CodeBook:
 # -- the producer -----------------------------------------------------------------------------
 def producer_config(settings: Settings) -> dict[str, Any]:
     assert settings.bootstrap is not None
-    return {
-        "bootstrap.servers": settings.bootstrap,
-        **settings.kafka.confluent(),
-        "enable.idempotence": True,  # a retried send is written once, in order
-        "acks": "all",
-        # partitions are chosen here (murmur2, as the workers compute them); for any
-        # message without one, the same placement
-        "partitioner": "murmur2_random",
+    # partitions are chosen here (murmur2, as the workers compute them); for any message
+    # without one, the producer places it the same way
+    tuning = {
         "linger.ms": settings.collector_linger_ms,
         "batch.size": 512 * 1024,
-        "compression.type": "lz4",
         "delivery.timeout.ms": 10_000,  # a request learns within this that the broker is not there
         "queue.buffering.max.kbytes": 64 * 1024,
         "logger": logging.getLogger("ripple.kafka"),
     }
+    return producer_properties(settings.bootstrap, settings.kafka, tuning)
 
 
 class Delivery:

@@ -197,6 +197,22 @@ class KafkaSecurity:
 PLAINTEXT = KafkaSecurity()
 
 
+def producer_properties(bootstrap: str, security: KafkaSecurity, tuning: Mapping[str, Any]) -> dict[str, Any]:
+    """librdkafka properties of every Ripple producer, with its own ``tuning`` on top:
+    idempotent (a retried send is written once, in order), every replica's ack, lz4, and
+    keys placed with murmur2 as the workers compute partitions (librdkafka's default,
+    CRC32, would break co-partitioning)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        **security.confluent(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+        **tuning,
+    }
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     data_dir: Path = Path(".ripple")

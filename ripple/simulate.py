@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from ripple.config import DAY_MS, PLAINTEXT, KafkaSecurity
+from ripple.config import DAY_MS, PLAINTEXT, KafkaSecurity, producer_properties
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
@@ -1287,16 +1287,7 @@ def write_out(ds: Dataset, out: Path) -> None:
 
 
 def producer_config(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        **security.confluent(),
-        "partitioner": "murmur2_random",  # same placement as Faust/aiokafka/Java clients
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "compression.type": "lz4",
-        "batch.size": 1_000_000,
-    }
+    return producer_properties(bootstrap, security, {"linger.ms": 20, "batch.size": 1_000_000})
 
 
 def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, int], size: int) -> Iterator[Message]:

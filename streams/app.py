@@ -41,6 +41,7 @@ from streams import chains, faust_fixes, fraud, lineage
 from streams import commission as comm
 from streams import referrer as referrer_logic
 from streams.events import Rejected, decode, message_time
+from streams.outbound import Outbound, Record, producer_config
 from streams.reference import ReferenceData
 
 log = logging.getLogger("ripple.worker")
@@ -358,6 +359,18 @@ def create_app(settings: Settings) -> faust.App:
 
     processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
 
+    # Outputs and changelog records go through librdkafka (see streams.outbound); Faust
+    # flushes its own producer before it commits offsets, and now this one too.
+    outbound = Outbound(producer_config(settings))
+    faust_producer: Any = app.producer
+    faust_flush = faust_producer.flush
+
+    async def flush_producers() -> None:
+        await faust_flush()
+        await outbound.flush()
+
+    faust_producer.flush = flush_producers
+
     class Outbox:
         """What one batch sends, sent when the batch ends: one message per topic and partition.
 
@@ -401,37 +414,28 @@ def create_app(settings: Settings) -> faust.App:
                 self.changes.append((changelog_names[id(table)], partition, kb, orjson.dumps(value)))
 
         async def flush(self) -> None:
-            # Faust's own send path costs a future, a callback and a task switch per message,
-            # and its changelog buffer publishes one message at a time; the producer under it
-            # batches. Faust flushes that producer before it commits offsets.
-            producer = app.producer._producer  # type: ignore[attr-defined]  # the aiokafka producer Faust configured
-            outputs: list[asyncio.Future[Any]] = []
+            outputs: list[Record] = []
             for (name, partition), records in self.records.items():
                 internal = name in INTERNAL_TOPICS
                 for chunk in _chunks(records):
                     key = chunk[0][0].encode()
                     if internal:
                         parts = [b"[" + orjson.dumps(k) + b"," + v + b"]" for k, v in chunk]
-                        sent = await producer.send(name, b"[" + b",".join(parts) + b"]", key=key, partition=partition)
+                        outputs.append((name, b"[" + b",".join(parts) + b"]", key, partition))
                     else:  # the partition of the first row's key: any partition suits the sink
                         value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
-                        sent = await producer.send(name, value, key=key)
-                    sent.add_done_callback(_delivered)
-                    outputs.append(sent)
+                        outputs.append((name, value, key, None))
                 metrics.rows_out.labels(name).inc(len(records))
-            if outputs and self.changes:
-                # A key's new state is saved only once what the batch sent is in the broker: a
-                # crash in between must not leave a state that says "sent" (a flood verdict, a
-                # claim) beside outputs that never arrived. Read again after a restart, the
-                # batch meets the old state and sends the same records again.
-                _, late = await asyncio.wait(outputs, timeout=60)
-                if late:  # the producer could not deliver for a minute: read the batch again after a restart
-                    log.critical("%d outgoing messages undelivered after 60 s; exiting", len(late))
-                    logging.shutdown()
-                    os._exit(70)
-            for topic, partition, kb, value in self.changes:
-                sent = await producer.send(topic, value, key=kb, partition=partition)
-                sent.add_done_callback(_delivered)
+            if outputs:
+                sent = await outbound.send(outputs)
+                if self.changes:
+                    # A key's new state is saved only once what the batch sent is in the broker:
+                    # a crash in between must not leave a state that says "sent" (a flood
+                    # verdict, a claim) beside outputs that never arrived. Read again after a
+                    # restart, the batch meets the old state and sends the same records again.
+                    await outbound.wait([sent])
+            if self.changes:
+                await outbound.send((topic, value, kb, partition) for topic, partition, kb, value in self.changes)
             self.records.clear()
             self.changes.clear()
             processed.update(self.offsets)
@@ -465,15 +469,6 @@ def create_app(settings: Settings) -> faust.App:
             metrics.events_in.labels(msg.topic).inc(len(good))
             decoded.extend((msg.topic, msg.partition, e) for e in good)
         return decoded
-
-    def _delivered(sent: asyncio.Future[Any]) -> None:
-        """A record the producer could not deliver (after its retries) must not be committed
-        past: stop before Faust's next commit, so the batch is read again after a restart."""
-        error = None if sent.cancelled() else sent.exception()
-        if sent.cancelled() or error is not None:
-            log.critical("a record could not be delivered (%s); exiting so its batch is read again", error)
-            logging.shutdown()
-            os._exit(70)
 
     #: where each handler is, for ``kill -USR1``: (what it does, since when, events in its batch)
     stage: dict[str, tuple[str, float, int]] = {}

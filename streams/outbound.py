@@ -1,0 +1,152 @@
+"""The worker's producer: librdkafka (confluent-kafka) under the event loop.
+
+Every batch of every agent hands its outputs and changelog records to one producer. The
+aiokafka producer Faust configures spends ~13 µs of the event loop's thread per message
+(request building, lz4, a future and a callback each); librdkafka batches, compresses and
+sends in its own threads, and ``produce`` costs ~1.5 µs. Acknowledgements are counted per
+:class:`Ticket` (one per batch and kind) by a thread that serves the delivery callbacks,
+and wake the event loop once per ticket, not per message.
+
+A message that cannot be delivered (after the producer's retries) stops the process
+before anything else is committed: its batch is read again after a restart, and every
+output is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from ripple.config import Settings, producer_properties
+
+log = logging.getLogger("ripple.worker")
+
+#: how long a full producer queue or an unacknowledged batch is waited for before the
+#: worker exits (the broker is gone; a restart reads the batch again)
+DELIVERY_TIMEOUT_S = 60.0
+
+#: (topic, value, key, partition or None for the key's partition)
+Record = tuple[str, bytes, bytes, int | None]
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    assert settings.bootstrap is not None
+    tuning = {
+        "linger.ms": 5,
+        "batch.size": 1_048_576,
+        "queue.buffering.max.kbytes": 256 * 1024,
+        "queue.buffering.max.messages": 1_000_000,
+        "delivery.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+        "logger": logging.getLogger("ripple.kafka"),
+    }
+    return producer_properties(settings.bootstrap, settings.kafka, tuning)
+
+
+def _fatal(what: str) -> None:
+    log.critical("%s; exiting so the batch is read again after a restart", what)
+    logging.shutdown()
+    os._exit(70)
+
+
+class Ticket:
+    """The messages of one hand-over; ``done`` resolves once every one is acknowledged."""
+
+    __slots__ = ("_lock", "_loop", "_owner", "done", "pending", "sealed")
+
+    def __init__(self, owner: Outbound, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self._loop = loop
+        self._lock = owner.lock
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.pending = 0
+        self.sealed = False
+
+    def delivered(self, error: KafkaError | None, _msg: Any) -> None:
+        """librdkafka's delivery callback, on the polling thread."""
+        if error is not None:
+            _fatal(f"a record could not be delivered ({error.str()})")
+        with self._lock:
+            self.pending -= 1
+            finished = self.sealed and self.pending == 0
+        if finished:
+            self._loop.call_soon_threadsafe(self._finish)
+
+    def seal(self) -> None:
+        """No more messages: ``done`` resolves once those handed over are acknowledged."""
+        with self._lock:
+            self.sealed = True
+            finished = self.pending == 0
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+        self._owner.open.discard(self)
+
+
+class Outbound:
+    """One librdkafka producer for the worker's agents; ``flush`` waits for every ticket
+    handed over so far (Faust calls it before it commits offsets)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.producer: Producer | None = None  # made on first use: an app that never sends never connects
+        self.lock = threading.Lock()
+        self.open: set[Ticket] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._poll, name="ripple-producer", daemon=True)
+
+    def _poll(self) -> None:
+        assert self.producer is not None
+        while True:
+            self.producer.poll(0.1)
+
+    async def send(self, records: Iterable[Record]) -> Ticket:
+        """Hand records to the producer, in order; the ticket resolves once all are in the
+        broker. Waits (without blocking the loop) while the producer's queue is full."""
+        if self.producer is None or self._loop is None:
+            self.producer = Producer(self.config)
+            self._loop = asyncio.get_running_loop()
+            self._thread.start()
+        ticket = Ticket(self, self._loop)
+        self.open.add(ticket)
+        produce, lock, on_delivery = self.producer.produce, self.lock, ticket.delivered
+        for topic, value, key, partition in records:
+            with lock:
+                ticket.pending += 1
+            deadline = 0.0
+            while True:
+                try:
+                    if partition is None:
+                        produce(topic, value, key, on_delivery=on_delivery)
+                    else:
+                        produce(topic, value, key, partition, on_delivery=on_delivery)
+                    break
+                except BufferError:  # the queue is full: the broker is slow or gone
+                    deadline = deadline or time.monotonic() + DELIVERY_TIMEOUT_S
+                    if time.monotonic() > deadline:
+                        _fatal(f"the producer's queue stayed full for {DELIVERY_TIMEOUT_S:.0f} s")
+                    await asyncio.sleep(0.01)
+        ticket.seal()
+        return ticket
+
+    async def wait(self, tickets: Iterable[Ticket]) -> None:
+        """Return once these tickets' records are in the broker (exits after the timeout)."""
+        pending = [t.done for t in tickets if not t.done.done()]
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=DELIVERY_TIMEOUT_S)
+        if late:
+            _fatal(f"{len(late)} batches undelivered after {DELIVERY_TIMEOUT_S:.0f} s")
+
+    async def flush(self) -> None:
+        """Return once everything handed over before this call is in the broker."""
+        await self.wait(list(self.open))
