@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.simulate import SimConfig, generate, produce
 from sinks.clickhouse import ClickHouse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +139,61 @@ def spawn_service(
     """``ripple sink`` or ``ripple worker`` on ``bootstrap``, with its data dir and web port."""
     args = ("--bootstrap", bootstrap, "--data-dir", str(data_dir), "--web-port", str(web_port))
     return spawn(kind, *args, log=log, env=env)
+
+
+@dataclass
+class Stack:
+    """An embedded broker with Ripple's topics, and the sinks and workers started on it."""
+
+    bootstrap: str
+    base: Path
+    web: int = 0  # the (last started) sink's web port
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def sink(self, data_dir: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.web = free_port()
+        data_dir = data_dir or self.base / "sink"
+        proc = spawn_service("sink", self.bootstrap, data_dir, self.web, self.base / "sink.log", env=env)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, name: str = "w", port: int | None = None, log: str = "worker.log") -> subprocess.Popen[bytes]:
+        proc = spawn_service("worker", self.bootstrap, self.base / name, port or free_port(), self.base / log)
+        self.procs.append(proc)
+        return proc
+
+    def first_third(self, seed: int, views: int) -> tuple[dict[str, Any], list[Any]]:
+        """Send a simulated program's reference data and the first third of its events;
+        return, once credits reach ClickHouse, its ground truth and the events still to send."""
+        ds = generate(SimConfig(seed=seed, start_ms=1_767_225_600_000, views=views))
+        produce(ds.reference, self.bootstrap)
+        third = len(ds.events) // 3
+        produce(ds.events[:third], self.bootstrap)
+        url = f"http://127.0.0.1:{self.web}/api/totals"
+        wait_for(lambda: get(url).get("attributed", 0) > 10, 120, "first credits")
+        return ds.truth, ds.events[third:]
+
+    def stop(self, timeout: float = 60) -> None:
+        """A clean stop of every process still running: SIGTERM (they flush and commit), then wait."""
+        running = [p for p in self.procs if p.poll() is None]
+        for p in running:
+            p.send_signal(signal.SIGTERM)
+        for p in running:
+            p.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_stack(base: Path, partitions: int = 4) -> Iterator[Stack]:
+    """A broker for one test module; whatever still runs at the end is killed."""
+    broker = EmbeddedBroker(base / "broker.log")
+    broker.start()
+    stack = Stack(broker.bootstrap, base)
+    try:
+        create_topics(broker.bootstrap, partitions)
+        yield stack
+    finally:
+        kill_all(stack.procs)
+        broker.stop()
 
 
 def chromium() -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from hostile import PREFIX, Generator, Hostile, corpus, count
-from stack import assert_paid_as_the_truth, get, kill_all, spawn_service, wait_for
+from stack import assert_paid_as_the_truth, get, running_stack, wait_for
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.simulate import Message, SimConfig, generate, parse_inject, producer_config
 from sinks.clickhouse import ClickHouse
 
@@ -104,21 +101,15 @@ def interleave(rng: random.Random, sim: list[Message], gen: Generator, hostile: 
 def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     started = time.monotonic()
     base = tmp_path_factory.mktemp("fuzz")
-    broker = EmbeddedBroker(base / "broker.log")
-    broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        create_topics(broker.bootstrap, 4)
-        web = free_port()
-        sink = spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log")
-        procs.append(sink)
-        worker = spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker.log")
-        procs.append(worker)
+    with running_stack(base) as stack:
+        sink = stack.sink()
+        web = stack.web
+        worker = stack.worker()
 
         ds = generate(SimConfig(seed=SEED, start_ms=1_767_225_600_000, views=2000, inject=parse_inject("all")))
         gen = Generator(SEED, ds, int(time.time() * 1000))
         hostile = corpus(gen, singles=SINGLES, events=EVENTS)
-        sender = Sender(broker.bootstrap)
+        sender = Sender(stack.bootstrap)
         for m in ds.reference:
             sender.send(m.topic, m.key.encode(), m.value, (), 0)
         rng = random.Random(SEED)
@@ -152,10 +143,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         time.sleep(2)  # one more sink flush
         worker_alive, sink_alive = worker.poll() is None, sink.poll() is None
         drained_at = time.monotonic()
-        for p in (worker, sink):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=30)
+        stack.stop(timeout=30)
         ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
         figures = {
             "messages": sender.sent,
@@ -180,9 +168,6 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
             figures,
         )
         ch.close()
-    finally:
-        kill_all(procs)
-        broker.stop()
 
 
 def test_the_corpus_is_big_and_mostly_separate_messages(fuzz: Fuzz) -> None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn_service, wait_for
+from stack import assert_paid_as_the_truth, get, running_stack, wait_for
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.broker import free_port
 from ripple.simulate import SimConfig, generate, parse_inject, produce
 from sinks.clickhouse import ClickHouse
 
@@ -32,20 +31,14 @@ INJECT_ALL = parse_inject("all")
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouse, dict[str, Any], int]]:
     base = tmp_path_factory.mktemp("restart")
-    broker = EmbeddedBroker(base / "broker.log")
-    broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        create_topics(broker.bootstrap, 4)
-        web = free_port()
-        sink = spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log")
-        procs.append(sink)
-        worker = spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker1.log")
-        procs.append(worker)
+    with running_stack(base) as stack:
+        stack.sink()
+        web = stack.web
+        worker = stack.worker(log="worker1.log")
         ds = generate(SimConfig(seed=7, start_ms=1_767_225_600_000, views=4000, inject=INJECT_ALL))
-        produce(ds.reference, broker.bootstrap)
+        produce(ds.reference, stack.bootstrap)
         half = len(ds.events) // 2
-        produce(ds.events[:half], broker.bootstrap)
+        produce(ds.events[:half], stack.bootstrap)
         wait_for(lambda: get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 20, 120, "first credits")
         time.sleep(1.0)
         mode = os.environ.get("RIPPLE_TEST_RESTART", "kill")
@@ -54,9 +47,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
         if mode == "killwait":
             time.sleep(8)
         worker2_port = free_port()
-        worker = spawn_service("worker", broker.bootstrap, base / "w", worker2_port, base / "worker2.log")
-        procs.append(worker)
-        produce(ds.events[half:], broker.bootstrap)
+        worker = stack.worker(port=worker2_port, log="worker2.log")
+        produce(ds.events[half:], stack.bootstrap)
         truth = ds.truth
         expected_attributed = sum(1 for v in truth["last_click"].values() if v)
 
@@ -81,15 +73,10 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
             time.sleep(3)
             problem = f"{exc}: {last}; restarted worker read {seen}"
         time.sleep(3)
-        for p in (worker, sink):
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
+        stack.stop(timeout=30)
         ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
         yield ch, truth, problem
         ch.close()
-    finally:
-        kill_all(procs)
-        broker.stop()
 
 
 def test_chain_nodes_survive_a_kill(outcome: tuple[ClickHouse, dict[str, Any], str]) -> None:

@@ -12,7 +12,6 @@ Mounting a tmpfs needs root, as the CI runs; without it the test fails with the 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, sink_metrics, spawn_service, wait_drained, wait_for
+from stack import assert_paid_as_the_truth, running_stack, sink_metrics, wait_drained
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.simulate import SimConfig, generate, produce
+from ripple.simulate import produce
 from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration
@@ -63,42 +61,28 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
     )
     if mounted.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the sink (needs root): {mounted.stderr.strip()}")
-    broker = EmbeddedBroker(base / "broker.log")
-    broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
     filler = volume / "filler"
     try:
-        create_topics(broker.bootstrap, 4)
-        web = free_port()
-        env = {"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)}
-        sink = spawn_service("sink", broker.bootstrap, volume, web, base / "sink.log", env=env)
-        procs.append(sink)
-        procs.append(spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker.log"))
-        ds = generate(SimConfig(seed=41, start_ms=1_767_225_600_000, views=4000))
-        produce(ds.reference, broker.bootstrap)
-        half = len(ds.events) // 3
-        produce(ds.events[:half], broker.bootstrap)
-        wait_for(lambda: get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 10, 120, "first credits")
-        fill(filler)  # from here every insert fails
-        produce(ds.events[half:], broker.bootstrap)
-        during = []
-        for _ in range(20):
-            time.sleep(1)
-            during.append(sink_metrics(web))
-        filler.unlink()  # space again: the sink must find out by itself
-        want = sum(1 for v in ds.truth["last_click"].values() if v)
-        problem = wait_drained(web, want, 180)
-        after = sink_metrics(web)
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=60)
-        ch = ClickHouse(f"chdb://{volume / 'clickhouse'}")
-        yield Outage(ch, ds.truth, during, after, problem)
-        ch.close()
+        with running_stack(base) as stack:
+            stack.sink(data_dir=volume, env={"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)})
+            web = stack.web
+            stack.worker()
+            truth, rest = stack.first_third(seed=41, views=4000)
+            fill(filler)  # from here every insert fails
+            produce(rest, stack.bootstrap)
+            during = []
+            for _ in range(20):
+                time.sleep(1)
+                during.append(sink_metrics(web))
+            filler.unlink()  # space again: the sink must find out by itself
+            want = sum(1 for v in truth["last_click"].values() if v)
+            problem = wait_drained(web, want, 180)
+            after = sink_metrics(web)
+            stack.stop()
+            ch = ClickHouse(f"chdb://{volume / 'clickhouse'}")
+            yield Outage(ch, truth, during, after, problem)
+            ch.close()
     finally:
-        kill_all(procs)
-        broker.stop()
         subprocess.run(["umount", "-l", str(volume)], check=False)
 
 

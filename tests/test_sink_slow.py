@@ -15,18 +15,15 @@ without it the test fails with the reason.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, sink_metrics, spawn_service, wait_drained, wait_for
+from stack import assert_paid_as_the_truth, running_stack, sink_metrics, wait_drained
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.simulate import SimConfig, generate, produce
+from ripple.simulate import produce
 from ripple.web import OffsetMonitor
 from sinks.clickhouse import ClickHouse
 from sinks.runner import SINK_GROUP, SINK_TOPICS
@@ -95,48 +92,34 @@ class Slowdown:
 def slowdown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slowdown]:
     base = tmp_path_factory.mktemp("slow")
     cgroup = CpuLimit(f"ripple-slow-sink-{os.getpid()}")
-    broker = EmbeddedBroker(base / "broker.log")
-    broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        create_topics(broker.bootstrap, 4)
-        web = free_port()
-        env = {"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)}
-        sink = spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log", env=env)
-        procs.append(sink)
-        procs.append(spawn_service("worker", broker.bootstrap, base / "w", free_port(), base / "worker.log"))
-        ds = generate(SimConfig(seed=43, start_ms=1_767_225_600_000, views=14000))
-        produce(ds.reference, broker.bootstrap)
-        third = len(ds.events) // 3
-        produce(ds.events[:third], broker.bootstrap)
-        wait_for(lambda: get(f"http://127.0.0.1:{web}/api/totals").get("attributed", 0) > 10, 120, "first credits")
-        before = sink_metrics(web)
-        cgroup.add(sink.pid)
-        cgroup.limit(SHARE)  # from here every insert is slow
-        produce(ds.events[third:], broker.bootstrap)
-        during = []
-        # the sink's lag as its consumer group's commits show it (asked of the broker: the
-        # starved sink answers its own /healthz slowly)
-        monitor = OffsetMonitor(broker.bootstrap, SINK_GROUP, SINK_TOPICS)
-        slow_until = time.monotonic() + SLOW_S
-        while time.monotonic() < slow_until:
-            time.sleep(1)
-            during.append((sink_metrics(web, timeout=60), sum(v["lag"] for v in monitor.lag().values())))
-        monitor.close()
-        cgroup.limit(None)  # fast again: the sink must catch up by itself
-        want = sum(1 for v in ds.truth["last_click"].values() if v)
-        problem = wait_drained(web, want, 180)
-        after = sink_metrics(web)
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=60)
-        ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
-        yield Slowdown(ch, ds.truth, before, during, after, after["ripple_sink_rows_total"], problem)
-        ch.close()
+        with running_stack(base) as stack:
+            sink = stack.sink(env={"RIPPLE_SINK_BATCH_ROWS": str(BATCH_ROWS)})
+            web = stack.web
+            stack.worker()
+            truth, rest = stack.first_third(seed=43, views=14000)
+            before = sink_metrics(web)
+            cgroup.add(sink.pid)
+            cgroup.limit(SHARE)  # from here every insert is slow
+            produce(rest, stack.bootstrap)
+            during = []
+            # the sink's lag as its consumer group's commits show it (asked of the broker: the
+            # starved sink answers its own /healthz slowly)
+            monitor = OffsetMonitor(stack.bootstrap, SINK_GROUP, SINK_TOPICS)
+            slow_until = time.monotonic() + SLOW_S
+            while time.monotonic() < slow_until:
+                time.sleep(1)
+                during.append((sink_metrics(web, timeout=60), sum(v["lag"] for v in monitor.lag().values())))
+            monitor.close()
+            cgroup.limit(None)  # fast again: the sink must catch up by itself
+            want = sum(1 for v in truth["last_click"].values() if v)
+            problem = wait_drained(web, want, 180)
+            after = sink_metrics(web)
+            stack.stop()
+            ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
+            yield Slowdown(ch, truth, before, during, after, after["ripple_sink_rows_total"], problem)
+            ch.close()
     finally:
-        kill_all(procs)
-        broker.stop()
         cgroup.remove()
 
 

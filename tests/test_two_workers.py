@@ -9,17 +9,15 @@ holds its friend on the other).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stack import assert_paid_as_the_truth, get, kill_all, spawn_service
+from stack import assert_paid_as_the_truth, get, running_stack
 
-from ripple.broker import EmbeddedBroker, create_topics, free_port
+from ripple.broker import free_port
 from ripple.simulate import SimConfig, generate, produce
 from sinks.clickhouse import ClickHouse
 
@@ -29,22 +27,18 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouse, dict[str, Any], list[str]]]:
     base = tmp_path_factory.mktemp("two")
-    broker = EmbeddedBroker(base / "broker.log")
-    broker.start()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        create_topics(broker.bootstrap, 4)
-        web = free_port()
-        procs.append(spawn_service("sink", broker.bootstrap, base / "sink", web, base / "sink.log"))
+    with running_stack(base) as stack:
+        stack.sink()
+        web = stack.web
         metrics = []
         for n in (1, 2):
             port = free_port()
             metrics.append(f"http://127.0.0.1:{port}/metrics")
-            procs.append(spawn_service("worker", broker.bootstrap, base / f"w{n}", port, base / f"worker{n}.log"))
+            stack.worker(f"w{n}", port, f"worker{n}.log")
         time.sleep(8)  # both in the group before the data comes
         ds = generate(SimConfig(seed=9, start_ms=1_767_225_600_000, views=3000))
-        produce(ds.reference, broker.bootstrap)
-        produce(ds.events, broker.bootstrap)
+        produce(ds.reference, stack.bootstrap)
+        produce(ds.events, stack.bootstrap)
         truth = ds.truth
         want = sum(1 for v in truth["last_click"].values() if v)
         deadline = time.monotonic() + 180
@@ -77,16 +71,10 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHou
                         if line.startswith("ripple_events_in_total{")
                     )
                 )
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        stack.stop(timeout=30)
         ch = ClickHouse(f"chdb://{base / 'sink' / 'clickhouse'}")
         yield ch, truth, [json.dumps(last), *map(str, read)]
         ch.close()
-    finally:
-        kill_all(procs)
-        broker.stop()
 
 
 def test_both_workers_took_part(outcome: tuple[ClickHouse, dict[str, Any], list[str]]) -> None:
