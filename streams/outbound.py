@@ -102,16 +102,27 @@ class Outbound:
         self.lock = threading.Lock()
         self.open: set[Ticket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="ripple-producer", daemon=True)
 
     def _poll(self) -> None:
         assert self.producer is not None
-        while True:
+        while not self._stop.is_set():
             self.producer.poll(0.1)
+
+    def close(self) -> None:
+        """Stop serving callbacks and let the producer go (what was not acknowledged is lost:
+        flush first). A worker never needs it: Faust flushes before it stops, then it exits."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.producer = None
 
     async def send(self, records: Iterable[Record]) -> Ticket:
         """Hand records to the producer, in order; the ticket resolves once all are in the
         broker. Waits (without blocking the loop) while the producer's queue is full."""
+        if self._stop.is_set():
+            raise RuntimeError("the producer is closed")
         if self.producer is None or self._loop is None:
             self.producer = Producer(self.config)
             self._loop = asyncio.get_running_loop()

@@ -63,6 +63,7 @@ def test_tickets_resolve_once_the_broker_has_every_record_in_order(bootstrap: st
         await out.wait([first])
         first_done = first.done.done()
         await out.flush()
+        out.close()  # else its threads outlive the broker and log their reconnects
         return first_done, second.done.done(), len(out.open)
 
     first_done, second_done, still_open = asyncio.run(run())
