@@ -21,14 +21,13 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
 from ripple.config import DAY_MS, Secret
-from ripple.partitioner import partition_for
+from ripple.partitioner import partition_of
 from streams.events import validate
 
 #: the ``type`` of an event and the topic it goes to (SPEC §2, §8)
@@ -200,7 +199,7 @@ def messages(
     groups: dict[tuple[str, int], list[tuple[int, str, bytes]]] = {}
     for index, topic, event in accepted:
         key = topic_key(topic, event)
-        partition = _partition(key, partitions[topic])
+        partition = partition_of(key, partitions[topic])
         groups.setdefault((topic, partition), []).append((index, key, orjson.dumps(event)))
     out: list[Message] = []
     for (topic, partition), group in groups.items():
@@ -208,12 +207,6 @@ def messages(
             value = b"[" + b",".join(raw for _, _, raw in chunk) + b"]"
             out.append(Message(topic, partition, chunk[0][1].encode(), value, tuple(i for i, _, _ in chunk)))
     return out
-
-
-@lru_cache(maxsize=65_536)
-def _partition(key: str, count: int) -> int:
-    """:func:`partition_for`, remembered for the keys seen lately (visitors come back)."""
-    return partition_for(key.encode(), count)
 
 
 def _chunks(

@@ -6,6 +6,8 @@ Every producer must place keys this way or co-partitioning breaks silently
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 
 def murmur2(data: bytes) -> int:
     length = len(data)
@@ -40,3 +42,10 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka clients choose for ``key`` (positive murmur2 modulo count)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@lru_cache(maxsize=65_536)
+def partition_of(key: str, partitions: int) -> int:
+    """:func:`partition_for` of a text key, remembered for the keys seen lately (visitors,
+    referrers and orders come back within a batch and from one batch to the next)."""
+    return partition_for(key.encode(), partitions)

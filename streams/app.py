@@ -35,7 +35,7 @@ from mode import Service
 
 from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, PLAINTEXT, KafkaSecurity, Settings
 from ripple.metrics import WorkerMetrics
-from ripple.partitioner import partition_for
+from ripple.partitioner import partition_of
 from streams import attribution as attr
 from streams import chains, faust_fixes, fraud, lineage
 from streams import commission as comm
@@ -391,7 +391,7 @@ def create_app(settings: Settings) -> faust.App:
             self.offsets[(msg.topic, msg.partition)] = msg.offset
 
         def add(self, topic: str, key: str, value: Any) -> None:
-            partition = partition_for(key.encode(), settings.partitions)
+            partition = partition_of(key, settings.partitions)
             self.records.setdefault((topic, partition), []).append((key, orjson.dumps(value)))
 
         def emit(self, outputs: Iterable[referrer_logic.Output]) -> None:
@@ -885,7 +885,7 @@ def create_app(settings: Settings) -> faust.App:
             if outputs or "parked" not in state:
                 box.emit(outputs)
                 parked.pop(key, None)
-                p = partition if partition >= 0 else partition_for(key.encode(), settings.partitions)
+                p = partition if partition >= 0 else partition_of(key, settings.partitions)
                 box.put(referrer_state, p, key, state)
 
     # -- chains: node and revenue updates per root -> chains rows, viral alerts ---------
