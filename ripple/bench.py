@@ -926,6 +926,12 @@ def table(cfg: BenchConfig, fig: Figures) -> str:
             f"{_ratio(fig.ripple_rate, fig.faust_rate)} Faust)",
         ),
         (
+            "  inputs all read / everything queryable after",
+            f"{_num(fig.ripple_inputs_seconds, 1)} / {_num(fig.ripple_seconds, 1)}",
+            "s",
+            "(the rest: customers' chain places settling, the sink's last writes)",
+        ),
+        (
             "order → queryable p50 / p99 at 50 %",
             f"{_num(p50, 2)} / {_num(p99, 2)}",
             "s",

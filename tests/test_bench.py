@@ -47,6 +47,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "raw aiokafka consume + decode (ceiling)",
         "plain Faust agent, one event at a time",
         "Ripple end to end (Kafka → ClickHouse)",
+        "inputs all read / everything queryable after",
         "order → queryable p50 / p99",
         "worker peak RSS",
         "state per active visitor",
