@@ -78,9 +78,11 @@ class Ticket:
         if finished:
             self._loop.call_soon_threadsafe(self._finish)
 
-    def seal(self) -> None:
-        """No more messages: ``done`` resolves once those handed over are acknowledged."""
+    def seal(self, handed: int) -> None:
+        """No more messages after these ``handed`` over: ``done`` resolves once all are
+        acknowledged (acknowledgements counted before this took ``pending`` below zero)."""
         with self._lock:
+            self.pending += handed
             self.sealed = True
             finished = self.pending == 0
         if finished:
@@ -129,10 +131,10 @@ class Outbound:
             self._thread.start()
         ticket = Ticket(self, self._loop)
         self.open.add(ticket)
-        produce, lock, on_delivery = self.producer.produce, self.lock, ticket.delivered
+        produce, on_delivery = self.producer.produce, ticket.delivered
+        handed = 0
         for topic, value, key, partition in records:
-            with lock:
-                ticket.pending += 1
+            handed += 1
             deadline = 0.0
             while True:
                 try:
@@ -146,7 +148,7 @@ class Outbound:
                     if time.monotonic() > deadline:
                         _fatal(f"the producer's queue stayed full for {DELIVERY_TIMEOUT_S:.0f} s")
                     await asyncio.sleep(0.01)
-        ticket.seal()
+        ticket.seal(handed)
         return ticket
 
     async def wait(self, tickets: Iterable[Ticket]) -> None:
