@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,8 +421,7 @@ def validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
-    if not 1 <= s.fetch_wait_ms <= 10_000:
-        raise ConfigError(f"{_variable('fetch_wait_ms')} must be between 1 and 10000, got {s.fetch_wait_ms}")
+    check_ranges(s, (("fetch_wait_ms", 1, 10_000),))
     for name in ("max_lateness_ms", "max_future_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be zero or positive, got {getattr(s, name)}")
@@ -495,6 +494,11 @@ def validate_collector(s: Settings) -> None:
         ("collector_linger_ms", 0, 1000),
         ("collector_proxies", 0, 10),
     )
+    check_ranges(s, limits)
+
+
+def check_ranges(s: Settings, limits: Iterable[tuple[str, int, int]]) -> None:
+    """Each named setting between its low and high bound, inclusive."""
     for name, low, high in limits:
         value = getattr(s, name)
         if not low <= value <= high:
