@@ -49,7 +49,7 @@ import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.config import PLAINTEXT, SECURITY_VARIABLES, KafkaSecurity
-from ripple.partitioner import partition_for
+from ripple.partitioner import partition_of
 from ripple.simulate import Dataset, SimConfig, generate, h, parse_inject, produce, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -800,7 +800,7 @@ class _LiveSender:
         if self.batch <= 1:
             self._produce(topic, key.encode(), value, None)
             return
-        partition = partition_for(key.encode(), self.partitions)
+        partition = partition_of(key, self.partitions)
         values = self.waiting.setdefault((topic, partition), (time.monotonic(), key.encode(), []))[2]
         values.append(value)
         if len(values) >= self.batch:
