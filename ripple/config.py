@@ -58,6 +58,8 @@ INTERNAL_TOPICS = (
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
+#: how far ahead of its message's broker timestamp an event may be (SPEC §3.5)
+MAX_FUTURE_MS = 5 * MINUTE_MS
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -234,7 +236,12 @@ class Settings:
     click_window_ms: int = 30 * DAY_MS
     view_window_ms: int = DAY_MS
     max_lateness_ms: int = 10 * MINUTE_MS
-    max_future_ms: int = DAY_MS
+    # an event more than this ahead of its message's broker timestamp is a dead letter
+    # (worker, sink and collector alike), never a clock (SPEC §3.5)
+    max_future_ms: int = MAX_FUTURE_MS
+    # how long a task waits for an input partition with records not fetched yet before it
+    # goes on without it (Kafka Streams' max.task.idle.ms)
+    max_task_idle_ms: int = 2000
     max_touches_per_visitor: int = 64
     half_life_ms: int = 7 * DAY_MS
     policy: str = "code_wins"
@@ -421,7 +428,7 @@ def validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
-    check_ranges(s, (("fetch_wait_ms", 1, 10_000),))
+    check_ranges(s, (("fetch_wait_ms", 1, 10_000), ("max_task_idle_ms", 0, 600_000)))
     for name in ("max_lateness_ms", "max_future_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be zero or positive, got {getattr(s, name)}")

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ripple.config import DAY_MS, Secret
+from ripple.config import MAX_FUTURE_MS, Secret
 from ripple.partitioner import partition_of
 from streams.events import validate
 
@@ -123,9 +123,16 @@ class Prepared:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def prepare(items: list[Any], now_ms: int, max_future_ms: int = DAY_MS, client: Client | None = None) -> Prepared:
+def prepare(
+    items: list[Any], now_ms: int, max_future_ms: int = MAX_FUTURE_MS, client: Client | None = None
+) -> Prepared:
     """Check every item; ``client`` fills ``ip_hash`` and ``user_agent`` of clicks and
-    orders that lack them. ``type`` is not part of what is produced: the topic says it."""
+    orders that lack them. ``type`` is not part of what is produced: the topic says it.
+
+    An item may carry ``sent_ts``, its sender's clock when it was sent (the snippet stamps
+    every batch): its ``ts`` is then shifted by ``now_ms - sent_ts``, so an event from a
+    browser whose clock is hours off reaches the topics in server time (Segment's
+    ``sentAt``/``receivedAt`` correction) and is neither refused as future nor late."""
     out = Prepared()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -137,7 +144,13 @@ def prepare(items: list[Any], now_ms: int, max_future_ms: int = DAY_MS, client: 
             shown = "missing" if kind is None else "unknown"
             out.rejected.append((index, f"type is {shown}: it must be one of {', '.join(TOPICS)}"))
             continue
-        event = {k: v for k, v in item.items() if k != "type"}
+        event = {k: v for k, v in item.items() if k not in ("type", "sent_ts")}
+        shift = clock_shift(item, now_ms)
+        if isinstance(shift, str):
+            out.rejected.append((index, shift))
+            continue
+        if shift and isinstance(event.get("ts"), int) and not isinstance(event["ts"], bool):
+            event["ts"] += shift
         if client is not None and topic in ENRICHED_TOPICS:
             if client.ip_hash is not None and "ip_hash" not in event:
                 event["ip_hash"] = client.ip_hash
@@ -155,6 +168,16 @@ def prepare(items: list[Any], now_ms: int, max_future_ms: int = DAY_MS, client: 
     return out
 
 
+def clock_shift(item: Mapping[str, Any], now_ms: int) -> int | str:
+    """How far to move the item's ``ts`` (0 without ``sent_ts``), or why it cannot be."""
+    sent = item.get("sent_ts")
+    if sent is None:
+        return 0
+    if isinstance(sent, bool) or not isinstance(sent, int) or sent <= 0:
+        return "sent_ts must be a positive integer (epoch milliseconds of the sender's clock)"
+    return now_ms - sent
+
+
 #: the reason label of a rejection (a fixed set: no value from the event)
 REASONS = (
     ("type is", "type"),
@@ -163,6 +186,7 @@ REASONS = (
     ("event of", "too_large"),
     ("schema:", "schema"),
     ("ts ", "future"),
+    ("sent_ts", "schema"),
 )
 
 

@@ -142,7 +142,11 @@ class Sink:
             topic = str(msg.topic())
             headers = msg.headers()
             table, columns, rows = rows_for_message(
-                topic, msg.value(), list(headers) if isinstance(headers, list) else None, msg.timestamp()[1]
+                topic,
+                msg.value(),
+                list(headers) if isinstance(headers, list) else None,
+                msg.timestamp()[1],
+                self.settings.max_future_ms,
             )
             self.add(table, columns, rows)
             self.pending_offsets[(topic, int(msg.partition() or 0))] = int(msg.offset() or 0)

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ripple.config import MAX_FUTURE_MS
 from streams.events import decode, message_time
 
 Row = tuple[Any, ...]
@@ -258,13 +259,20 @@ JSON_TABLES: dict[str, tuple[str, ...]] = {
 
 
 def rows_for_message(
-    topic: str, value: bytes | None, headers: list[tuple[str, Any]] | None, timestamp: int
+    topic: str,
+    value: bytes | None,
+    headers: list[tuple[str, Any]] | None,
+    timestamp: int,
+    max_future_ms: int = MAX_FUTURE_MS,
 ) -> tuple[str, tuple[str, ...], list[Row]]:
-    """Turn one Kafka message of any consumed topic into (table, columns, rows)."""
+    """Turn one Kafka message of any consumed topic into (table, columns, rows).
+
+    Raw events are checked as the worker checks them (``max_future_ms`` is the same
+    setting), so the raw tables hold exactly what the worker credits."""
     if topic in SPECS:
         spec = SPECS[topic]
         # the worker dead-letters the rest
-        good, _ = decode(topic, value, message_time(timestamp, int(time.time() * 1000)))
+        good, _ = decode(topic, value, message_time(timestamp, int(time.time() * 1000)), max_future_ms)
         return spec.table, spec.columns, [spec.row(e, timestamp) for e in good]
     if topic in JSON_TABLES:
         columns = JSON_TABLES[topic]

@@ -23,7 +23,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from ripple.config import DAY_MS, INPUT_TOPICS
+from ripple.config import INPUT_TOPICS, MAX_FUTURE_MS
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -202,7 +202,7 @@ def redacted(topic: str, event: Event) -> Event:
     return out
 
 
-def validate(topic: str, event: Any, now_ms: int, max_future_ms: int = DAY_MS) -> str | None:
+def validate(topic: str, event: Any, now_ms: int, max_future_ms: int = MAX_FUTURE_MS) -> str | None:
     """Return why ``event`` is not a valid ``topic`` event, or None when it is valid.
 
     ``now_ms`` is the message's own time (see :func:`message_time`), so the answer is the
@@ -303,7 +303,7 @@ def _encode(topic: str, item: Any) -> bytes:
 
 
 def decode(
-    topic: str, raw: bytes | None, now_ms: int, max_future_ms: int = DAY_MS
+    topic: str, raw: bytes | None, now_ms: int, max_future_ms: int = MAX_FUTURE_MS
 ) -> tuple[list[Event], list[Rejected]]:
     """Split one Kafka message into valid events and rejections."""
     if topic not in INPUT_TOPICS:

@@ -123,6 +123,29 @@ def test_type_chooses_the_topic_and_is_not_produced() -> None:
     assert all("type" not in event for _, _, event in prepared.accepted)
 
 
+@pytest.mark.parametrize(
+    "skew_ms",
+    [2 * 3_600_000, -2 * 3_600_000, 3 * DAY_MS, 0],
+    ids=["two hours fast", "two hours slow", "three days fast", "exact"],
+)
+def test_a_browser_clock_is_corrected_by_its_send_time(skew_ms: int) -> None:
+    """The snippet stamps each batch with its clock (``sent_ts``); the collector moves every
+    ``ts`` by its own receive time minus that, so a laptop whose clock is off is neither
+    refused as future nor late: the click lands 1.5 s before the collector got it."""
+    browser_now = NOW + skew_ms
+    item = click(1, ts=browser_now - 1500, sent_ts=browser_now)
+    prepared = prepare([item], NOW)
+    assert prepared.rejected == []
+    [(_, _, event)] = prepared.accepted
+    assert event["ts"] == NOW - 1500
+    assert "sent_ts" not in event  # not a field of the topics
+
+
+def test_without_sent_ts_a_fast_browser_clock_is_refused() -> None:
+    [(_, error)] = prepare([click(1, ts=NOW + 2 * 3_600_000)], NOW).rejected
+    assert reason(error) == "future"
+
+
 def nested(depth: int) -> Any:
     value: Any = 1
     for _ in range(depth):
@@ -149,6 +172,10 @@ REFUSALS = {
     "integer as float": Refusal({**view(1), "ts": float(NOW)}, "schema", "integer"),
     "raw ip in ip_hash": Refusal(click(1, ip_hash="203.0.113.9"), "raw_identity", "ip_hash looks like a raw IP"),
     "far future": Refusal(view(1, ts=NOW + 2 * DAY_MS), "future", "ahead of the message time"),
+    # max_future is 5 minutes, as in the worker and the sink (one setting)
+    "six minutes ahead": Refusal(view(1, ts=NOW + 6 * 60_000), "future", "ahead of the message time"),
+    "sent_ts not an integer": Refusal(view(1, sent_ts="now"), "schema", "sent_ts must be a positive integer"),
+    "sent_ts a float": Refusal(view(1, sent_ts=float(NOW)), "schema", "sent_ts must be a positive integer"),
     "deep nesting": Refusal(view(1, extra=nested(40)), "too_deep", "nests"),
     "over the event limit": Refusal(view(1, note="n" * MAX_EVENT_BYTES), "too_large", "over the limit"),
 }

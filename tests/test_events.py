@@ -77,12 +77,28 @@ def test_invalid_events_are_named(case: Case) -> None:
     assert case.error in error
 
 
-def test_timestamp_more_than_a_day_ahead_of_message_time_is_rejected() -> None:
+@pytest.mark.parametrize(
+    ("ahead_ms", "ok"),
+    [
+        (0, True),
+        (5 * 60_000, True),  # exactly max_future (5 minutes by default): fine
+        (5 * 60_000 + 1, False),  # a millisecond more: a dead letter, never a clock
+        (23 * 3_600_000, False),  # a view dated 23 hours ahead
+        (-30 * DAY_MS, True),  # the past is never "future" (lateness is the worker's)
+    ],
+)
+def test_a_timestamp_more_than_max_future_ahead_of_its_message_time_is_rejected(ahead_ms: int, ok: bool) -> None:
     event = example("clicks")
     msg_time = event["ts"]
-    assert validate("clicks", {**event, "ts": msg_time + DAY_MS}, msg_time) is None  # exactly one day: fine
-    error = validate("clicks", {**event, "ts": msg_time + DAY_MS + 1}, msg_time)
-    assert error is not None and "ahead" in error
+    error = validate("clicks", {**event, "ts": msg_time + ahead_ms}, msg_time)
+    assert (error is None) == ok, error
+    if not ok:
+        assert error is not None and "300 s ahead" in error
+
+
+def test_max_future_is_a_setting() -> None:
+    event = example("clicks")
+    assert validate("clicks", {**event, "ts": event["ts"] + DAY_MS}, event["ts"], max_future_ms=DAY_MS) is None
 
 
 def test_decode_single_event_and_array() -> None:
@@ -97,7 +113,7 @@ def test_decode_single_event_and_array() -> None:
 def test_a_bad_element_of_an_array_is_rejected_alone() -> None:
     ev = example("orders")
     broken = {**ev, "event_id": "o-2", "amount_minor": -10}
-    good, bad = decode("orders", orjson.dumps([ev, broken, {**ev, "event_id": "o-3"}]), NOW)
+    good, bad = decode("orders", orjson.dumps([ev, broken, {**ev, "event_id": "o-3"}]), ev["ts"])
     assert [e["event_id"] for e in good] == [ev["event_id"], "o-3"]
     assert len(bad) == 1 and bad[0].index == 1 and "amount_minor" in bad[0].error
     assert orjson.loads(bad[0].raw)["event_id"] == "o-2"

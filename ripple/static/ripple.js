@@ -44,6 +44,9 @@
     (location.protocol === "https:" ? "; Secure" : "");
 
   function send(batch) {
+    // this browser's clock at sending: the collector moves each ts by its own time minus this
+    var now = Date.now();
+    for (var i = 0; i < batch.length; i++) batch[i].sent_ts = now;
     var body = JSON.stringify(batch);
     if (navigator.sendBeacon) { // text/plain: a simple request, no preflight
       return navigator.sendBeacon(ENDPOINT, new Blob([body], { type: "text/plain;charset=UTF-8" }));
