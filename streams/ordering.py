@@ -1,0 +1,189 @@
+"""Timestamp-ordered processing of a task's inputs (SPEC §3.5). Pure logic: no Faust or Kafka.
+
+A *task* is one partition number of co-partitioned topics (``views``, ``clicks``, ``orders``
+and the flood verdicts for the visitors; ``refunds`` and commission terms for the ledger).
+A consumer fetches those partitions at different paces — in a backlog the smallest topic
+runs days ahead of the largest — so processing records as they are delivered would move
+stream time ahead of the data and turn on-time events into late ones.
+
+:class:`TaskQueues` buffers each partition's records in offset order and hands them out as
+Kafka Streams' ``PartitionGroup`` does: always the head record with the lowest ``ts`` among
+the task's partitions. While a partition has nothing buffered but has records in Kafka not
+delivered yet (``lagging``), the task waits for it, up to ``max_idle_s``
+(``max.task.idle.ms``); a partition that is caught up with its end offset is never waited
+for. Stream time — the highest ``ts`` processed — is the caller's, moved by what it takes.
+
+Each Kafka message may hold several events (a JSON array); a message is *done* once all of
+its events have been taken, and only then may its offset be acknowledged. A message with
+no valid event is done once every message before it on its partition is.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(eq=False)
+class Message:
+    """One Kafka message in a task's buffer; ``token`` is the caller's (what it acks)."""
+
+    topic: str
+    partition: int
+    offset: int
+    token: Any
+    left: int = 0  # events not taken yet
+
+
+@dataclass(frozen=True)
+class Taken:
+    """One event to process now, in order; ``done`` is its message once all of it is taken."""
+
+    topic: str
+    partition: int
+    ts: int
+    event: Any
+    done: tuple[Message, ...]
+
+
+@dataclass
+class _Task:
+    queues: dict[str, deque[tuple[int, Any, Message]]]
+    #: since when (the caller's clock, seconds) each empty partition with records in Kafka
+    #: has been waited for; kept until its records come or it is caught up
+    waiting: dict[str, float] = field(default_factory=dict)
+    #: whether the task goes on without a lagging partition now, and how often that began
+    enforcing: bool = False
+    enforced: int = 0
+
+
+@dataclass
+class TaskQueues:
+    """Buffers of a worker's tasks over ``topics``; see the module's docstring. Events
+    of the same ``ts`` are taken in the order of ``topics``.
+
+    ``lagging(topic, partition, next_offset)`` tells whether Kafka holds records of the
+    partition from ``next_offset`` on (``next_offset`` None: nothing delivered yet since the
+    last :meth:`clear`)."""
+
+    topics: tuple[str, ...]
+    max_idle_s: float
+    lagging: Callable[[str, int, int | None], bool]
+    #: a partition holding more buffered events than this should stop fetching (see :meth:`full`)
+    max_buffered: int = 2000
+    tasks: dict[int, _Task] = field(default_factory=dict)
+    #: the next offset expected per partition: what was delivered, plus one
+    next_offset: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def _task(self, partition: int) -> _Task:
+        task = self.tasks.get(partition)
+        if task is None:
+            task = self.tasks[partition] = _Task({t: deque() for t in self.topics})
+        return task
+
+    def add(self, topic: str, partition: int, offset: int, events: Iterable[tuple[int, Any]], token: Any) -> list[
+        Message
+    ]:
+        """Buffer one message's events (``(ts, event)`` in the message's order); return the
+        messages that are done already (this one, when it holds no event and nothing is
+        ahead of it). A message delivered again (an offset already buffered) is ignored."""
+        tp = (topic, partition)
+        expected = self.next_offset.get(tp)
+        if expected is not None and offset < expected:
+            return []
+        self.next_offset[tp] = offset + 1
+        queue = self._task(partition).queues[topic]
+        message = Message(topic, partition, offset, token)
+        for ts, event in events:
+            queue.append((ts, event, message))
+            message.left += 1
+        if message.left == 0:
+            if not queue:
+                return [message]
+            queue.append((_PLACEHOLDER, None, message))  # done when the events before it are
+        return []
+
+    def take(self, now: float, limit: int = 1_000_000) -> list[Taken]:
+        """Every event that can be processed now, in the order to process them."""
+        out: list[Taken] = []
+        for partition in sorted(self.tasks):
+            self._take_task(partition, self.tasks[partition], now, out, limit)
+        return out
+
+    def _take_task(self, partition: int, task: _Task, now: float, out: list[Taken], limit: int) -> None:
+        queues, waiting = task.queues, task.waiting
+        while len(out) < limit:
+            heads = []
+            for rank, (topic, q) in enumerate(queues.items()):
+                if q:
+                    heads.append((q[0][0], rank, topic))
+                    waiting.pop(topic, None)
+                elif self.lagging(topic, partition, self.next_offset.get((topic, partition))):
+                    waiting.setdefault(topic, now)
+                else:
+                    waiting.pop(topic, None)
+            if not waiting:
+                task.enforcing = False
+            if not heads:
+                return
+            if waiting:
+                if any(now - since < self.max_idle_s for since in waiting.values()):
+                    return  # wait for the lagging partitions' records
+                if not task.enforcing:
+                    task.enforcing = True
+                    task.enforced += 1  # going on without them: their records may come late
+            _, _, topic = min(heads)  # on a tie the first of ``topics``: a click before its order
+            queue = queues[topic]
+            ts, event, message = queue.popleft()
+            message.left -= 1
+            done: list[Message] = [message] if message.left == 0 else []
+            while queue and queue[0][0] == _PLACEHOLDER:  # messages without events behind it
+                done.append(queue.popleft()[2])
+            out.append(Taken(topic, partition, ts, event, tuple(done)))
+
+    def idle_seconds(self, partition: int, now: float) -> float:
+        """How long the task has waited for a lagging partition (0 when it does not wait)."""
+        task = self.tasks.get(partition)
+        if task is None or not task.waiting:
+            return 0.0
+        return max(0.0, now - min(task.waiting.values()))
+
+    def waiting_for(self, partition: int) -> list[str]:
+        """The task's empty partitions with records in Kafka not delivered yet."""
+        task = self.tasks.get(partition)
+        return sorted(task.waiting) if task else []
+
+    def buffered(self, partition: int) -> int:
+        task = self.tasks.get(partition)
+        return sum(len(q) for q in task.queues.values()) if task else 0
+
+    def full(self) -> set[TopicPartition]:
+        """Partitions with more than ``max_buffered`` events waiting: pause their fetching
+        until :meth:`full` no longer names them (as Kafka Streams' ``buffered.records.per.partition``)."""
+        return {
+            (topic, partition)
+            for partition, task in self.tasks.items()
+            for topic, q in task.queues.items()
+            if len(q) > self.max_buffered
+        }
+
+    def forget(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Drop what is buffered (of ``partitions``, or all): after a rebalance the consumer
+        reads again from the committed offsets, so these records come again."""
+        if partitions is None:
+            self.tasks.clear()
+            self.next_offset.clear()
+            return
+        for topic, partition in partitions:
+            self.next_offset.pop((topic, partition), None)
+            task = self.tasks.get(partition)
+            if task is not None:
+                task.queues[topic].clear()
+
+
+#: the ``ts`` of a message without events in a queue: never compared (taken with the one before)
+_PLACEHOLDER = -(2**63)
