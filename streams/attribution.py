@@ -9,8 +9,8 @@ State per visitor is a small JSON-able dict, so it can live in a Faust table:
 * ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
   ``ref`` is the creator).
 * ``eligible_from``: a touch that arrived late (more than ``max_lateness`` behind stream
-  time) counts only for orders at or after that event time, so it never changes an
-  order that was already final, on the first run or on a replay.
+  time) counts only for orders after the stream time it arrived at, so it never changes
+  an order already seen, on the first run or on a replay.
 * Recent orders stay for ``max_lateness`` of stream time; a touch that arrives within
   that time restates them. They stay for ``hold_ms`` when that is longer, so a fraud
   verdict on a touch reached elsewhere (a click flood, decided per ip) restates them too.
@@ -76,13 +76,16 @@ def is_late(ts: int, stream_time: int, w: Windows) -> bool:
 def add_touch(state: State, touch: list[Any], stream_time: int, w: Windows) -> list[list[Any]]:
     """Store a touch; return the retained orders it restates (empty if late or duplicate)."""
     touches = state["t"]
-    if any(t[T_ID] == touch[T_ID] for t in touches):
-        # A duplicate: changes nothing, but the orders it touched are emitted again so a
-        # replay that lost its first output still writes it.
-        return [o for o in state["o"] if _eligible(touch, o[O_TS], w)]
+    for t in touches:
+        if t[T_ID] == touch[T_ID]:
+            # A duplicate: changes nothing, but the orders the stored touch counts for are
+            # emitted again so a replay that lost its first output still writes it.
+            return [o for o in state["o"] if _eligible(t, o[O_TS], w)]
     late = is_late(touch[T_TS], stream_time, w)
     if late:
-        touch[T_FROM] = stream_time - w.max_lateness_ms
+        # counts only for orders after the stream time it arrived at: none of the orders
+        # already seen changes, whatever else restates them later (SPEC §3.5)
+        touch[T_FROM] = stream_time + 1
     insort(touches, touch, key=lambda t: (t[T_TS], t[T_ID]))
     if len(touches) > w.max_touches:
         del touches[: len(touches) - w.max_touches]

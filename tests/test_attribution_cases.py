@@ -34,6 +34,7 @@ class Case:
 
 
 O = lambda ts, code=None: ("order", order(ts, code))  # noqa: E731, E741 - O for order reads best in the table
+O2 = lambda ts: ("order", order(ts, oid="o2"))  # noqa: E731 - another order of the visitor (moves stream time)
 C = lambda ts, ref, eid: ("touch", click(ts, ref, eid))  # noqa: E731
 V = lambda ts, creator, eid: ("touch", view(ts, creator, eid))  # noqa: E731
 
@@ -194,6 +195,42 @@ CASES = [
         {"cr-jane": 1},
     ),
     Case("organic: no touch, no credit", [O(T0)], {}),
+    # lateness: max_lateness is 10 minutes of stream time (the highest ts processed)
+    Case(
+        "a click exactly max_lateness behind stream time is on time: it restates the order",
+        [O(T0 + 10 * MIN), C(T0, "jane", "c")],
+        {"cr-jane": 1},
+    ),
+    Case(
+        "a click 1 ms more than max_lateness behind is late: it restates nothing",
+        [O(T0 + 10 * MIN + 1), C(T0, "jane", "c")],
+        {},
+    ),
+    Case(
+        "a late click does not restate an order that was final before it came",
+        [O(T0 + 5 * MIN), O2(T0 + 20 * MIN), C(T0, "jane", "c")],
+        {},
+    ),
+    Case(
+        "a late click is kept and counts for an order after it arrived",
+        [O2(T0 + 20 * MIN), C(T0, "jane", "c"), O(T0 + 25 * MIN)],
+        {"cr-jane": 1},
+    ),
+    Case(
+        "a late click does not count for an order seen before it, even when that order is restated",
+        [O(T0 + 15 * MIN), O2(T0 + 20 * MIN), C(T0, "jane", "c"), V(T0 + 14 * MIN, "cr-leo", "v")],
+        {"cr-leo": 1},
+    ),
+    Case(
+        "a late click delivered again still restates nothing",
+        [O(T0 + 15 * MIN), O2(T0 + 20 * MIN), C(T0, "jane", "c"), C(T0, "jane", "c")],
+        {},
+    ),
+    Case(
+        "a late order is still credited with the touches before it",
+        [C(T0 - MIN, "jane", "c"), O2(T0 + 30 * MIN), O(T0)],
+        {"cr-jane": 1},
+    ),
 ]
 
 
