@@ -3,7 +3,7 @@
 State per visitor is a small JSON-able dict, so it can live in a Faust table:
 
 ``{"t": [[ts, kind, ref, event_id, eligible_from], ...],   # touches, sorted by ts
-   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities, domain], ...],
+   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities, domain, seen], ...],
    "b": [[event_id, ts], ...]}``                          # touches blocked by a fraud verdict
 
 * ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
@@ -13,7 +13,11 @@ State per visitor is a small JSON-able dict, so it can live in a Faust table:
   an order already seen, on the first run or on a replay.
 * Recent orders stay for ``max_lateness`` of stream time; a touch that arrives within
   that time restates them. They stay for ``hold_ms`` when that is longer, so a fraud
-  verdict on a touch reached elsewhere (a click flood, decided per ip) restates them too.
+  verdict on a touch reached elsewhere (a click flood, decided per ip) restates them too
+  — and in any case until that verdict can no longer be on its way: ``seen`` is when the
+  order was processed (wall clock, seconds), and an order leaves only once everything in
+  the topics then has been read (``settled_before``; in a backlog, stream time runs days
+  ahead while a verdict travels, live it runs milliseconds).
   ``ever`` maps each model to every referrer the order has ever been credited to, so a
   restatement writes zero rows for those that lost credit.
 
@@ -25,6 +29,7 @@ same final state always gives the same rows: replays collapse in ClickHouse.
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +44,7 @@ Row = dict[str, Any]
 # touch fields
 T_TS, T_KIND, T_REF, T_ID, T_FROM = range(5)
 # retained order fields
-O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS, O_DOMAIN = range(10)
+O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS, O_DOMAIN, O_SEEN = range(11)
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,9 @@ def _eligible(t: list[Any], order_ts: int, w: Windows) -> bool:
     return bool(t[T_TS] <= order_ts and order_ts >= t[T_FROM])
 
 
-def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows) -> list[Any]:
-    """Remember an order for restatement unless it is late; return its state record."""
+def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows, seen_s: float = 0.0) -> list[Any]:
+    """Remember an order for restatement unless it is late; return its state record.
+    ``seen_s``: when it is processed (wall clock, seconds)."""
     for o in state["o"]:
         if o[O_ID] == order["order_id"]:
             return o
@@ -118,25 +124,33 @@ def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows)
         order["customer_id"],
         order_identities(order),
         (order.get("referrer_domain") or "").lower(),
+        round(seen_s, 3),
     ]
     if not is_late(order["ts"], stream_time, w):
         state["o"].append(record)
     return record
 
 
-def expire(state: State, stream_time: int, w: Windows, longest_ms: int | None = None) -> None:
-    """Drop orders past ``max_lateness`` and touches no future order can use.
+def expire(
+    state: State, stream_time: int, w: Windows, longest_ms: int | None = None, settled_before: float = math.inf
+) -> None:
+    """Drop orders past ``max_lateness`` (and ``hold_ms``) that were processed before
+    ``settled_before``, and touches no future order can use.
 
     ``longest_ms`` is the longest window in force, creator overrides included."""
     horizon = stream_time - w.retain_ms
     keep_click = max(w.click_ms, longest_ms or 0)
     keep_view = max(w.view_ms, longest_ms or 0)
-    state["o"] = [o for o in state["o"] if o[O_TS] >= horizon]
+    state["o"] = [o for o in state["o"] if o[O_TS] >= horizon or _seen(o) >= settled_before]
     state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (keep_click if t[T_KIND] == "c" else keep_view)]
     if state.get("b"):
         state["b"] = [b for b in state["b"] if b[1] >= horizon - keep_click]
         if not state["b"]:
             del state["b"]
+
+
+def _seen(order: list[Any]) -> float:
+    return float(order[O_SEEN]) if len(order) > O_SEEN else 0.0  # state saved before it was kept
 
 
 def is_empty(state: State) -> bool:
@@ -348,11 +362,18 @@ def touch_from(topic: str, event: dict[str, Any]) -> list[Any]:
 
 
 def handle_event(
-    topic: str, event: dict[str, Any], state: State, stream_time: int, w: Windows, ref: ReferenceData, policy: str
+    topic: str,
+    event: dict[str, Any],
+    state: State,
+    stream_time: int,
+    w: Windows,
+    ref: ReferenceData,
+    policy: str,
+    seen_s: float = 0.0,
 ) -> list[tuple[list[Any], Result]]:
     """One view, click or order of a visitor: the orders (re)credited because of it."""
     if topic == "orders":
-        order = add_order(state, event, stream_time, w)
+        order = add_order(state, event, stream_time, w, seen_s)
         return [(order, credit_order(state, order, ref, w, policy))]
     return [
         (o, credit_order(state, o, ref, w, policy)) for o in add_touch(state, touch_from(topic, event), stream_time, w)

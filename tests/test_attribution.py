@@ -205,3 +205,35 @@ def test_expire_drops_old_orders_and_touches() -> None:
     assert [t[attr.T_KIND] for t in state["t"]] == ["c"] and state["o"] == []
     attr.expire(state, T0 + 31 * DAY, W)
     assert attr.is_empty(state)
+
+
+def test_a_longer_lateness_is_a_setting_for_users() -> None:
+    """The one place a lateness other than the default is set, on purpose: a shop whose
+    storefront batches touches for hours may raise ``max_lateness`` (RIPPLE_MAX_LATENESS_MS),
+    and a click 25 minutes behind stream time then still restates its order. Every other
+    test and the benchmark run the default 10 minutes."""
+    events = [("order", order(T0 + 25 * MIN)), ("touch", click(T0, "jane", "c1"))]
+    assert winner(run(events)) is None  # the default: late, restates nothing
+    state, ref = attr.new_state(), reference()
+    long = attr.Windows(click_ms=30 * DAY, view_ms=DAY, max_lateness_ms=DAY)
+    o = attr.add_order(state, order(T0 + 25 * MIN), 0, long)
+    [restated] = attr.add_touch(state, click(T0, "jane", "c1"), T0 + 25 * MIN, long)
+    assert restated is o
+    assert attr.credit_order(state, o, ref, long, "code_wins").credits["last_click"][0].referrer_id == "cr-jane"
+
+
+def test_an_order_stays_restatable_until_a_verdict_on_its_touches_cannot_be_on_its_way() -> None:
+    """In a backlog a batch can cover days of event time, so an order passes its event-time
+    horizon (max(max_lateness, hold)) before a flood verdict on its click has travelled
+    floods → visitor. It stays until everything in the topics when it was processed has
+    been read (``settled_before``, wall clock), and the late verdict still restates it."""
+    hold = attr.Windows(click_ms=30 * DAY, view_ms=DAY, max_lateness_ms=10 * MIN, hold_ms=DAY)
+    state, ref = attr.new_state(), reference()
+    attr.add_touch(state, click(T0, "jane", "c1"), T0, hold)
+    o = attr.add_order(state, order(T0 + 2 * DAY), T0, hold, seen_s=1000.0)
+    attr.expire(state, T0 + 4 * DAY, hold, settled_before=999.0)  # days later, not settled yet
+    assert state["o"] == [o]
+    assert attr.add_block(state, "c1", T0) == [o]  # the verdict arrives: the order loses the credit
+    assert attr.credit_order(state, o, ref, hold, "code_wins").credits["last_click"] == []
+    attr.expire(state, T0 + 4 * DAY, hold, settled_before=1000.5)  # settled: now it goes
+    assert state["o"] == []
