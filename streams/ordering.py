@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 TopicPartition = tuple[str, int]
 
@@ -39,8 +39,7 @@ class Message:
     left: int = 0  # events not taken yet
 
 
-@dataclass(frozen=True)
-class Taken:
+class Taken(NamedTuple):
     """One event to process now, in order; ``done`` is its message once all of it is taken."""
 
     topic: str
@@ -85,9 +84,9 @@ class TaskQueues:
             task = self.tasks[partition] = _Task({t: deque() for t in self.topics})
         return task
 
-    def add(self, topic: str, partition: int, offset: int, events: Iterable[tuple[int, Any]], token: Any) -> list[
-        Message
-    ]:
+    def add(
+        self, topic: str, partition: int, offset: int, events: Iterable[tuple[int, Any]], token: Any
+    ) -> list[Message]:
         """Buffer one message's events (``(ts, event)`` in the message's order); return the
         messages that are done already (this one, when it holds no event and nothing is
         ahead of it). A message delivered again (an offset already buffered) is ignored."""
@@ -115,20 +114,29 @@ class TaskQueues:
         return out
 
     def _take_task(self, partition: int, task: _Task, now: float, out: list[Taken], limit: int) -> None:
-        queues, waiting = task.queues, task.waiting
+        queues, waiting = list(task.queues.items()), task.waiting
+        lagging: dict[str, bool] = {}  # asked once per call: nothing is delivered meanwhile
         while len(out) < limit:
-            heads = []
-            for rank, (topic, q) in enumerate(queues.items()):
+            best: deque[tuple[int, Any, Message]] | None = None
+            best_ts, best_topic = 0, ""
+            for topic, q in queues:  # on a tie the first of ``topics``: a click before its order
                 if q:
-                    heads.append((q[0][0], rank, topic))
-                    waiting.pop(topic, None)
-                elif self.lagging(topic, partition, self.next_offset.get((topic, partition))):
+                    ts = q[0][0]
+                    if best is None or ts < best_ts:
+                        best, best_ts, best_topic = q, ts, topic
+                    if waiting:
+                        waiting.pop(topic, None)
+                    continue
+                behind = lagging.get(topic)
+                if behind is None:
+                    behind = lagging[topic] = self.lagging(topic, partition, self.next_offset.get((topic, partition)))
+                if behind:
                     waiting.setdefault(topic, now)
-                else:
+                elif waiting:
                     waiting.pop(topic, None)
             if not waiting:
                 task.enforcing = False
-            if not heads:
+            if best is None:
                 return
             if waiting:
                 if any(now - since < self.max_idle_s for since in waiting.values()):
@@ -136,14 +144,18 @@ class TaskQueues:
                 if not task.enforcing:
                     task.enforcing = True
                     task.enforced += 1  # going on without them: their records may come late
-            _, _, topic = min(heads)  # on a tie the first of ``topics``: a click before its order
-            queue = queues[topic]
-            ts, event, message = queue.popleft()
+            ts, event, message = best.popleft()
             message.left -= 1
-            done: list[Message] = [message] if message.left == 0 else []
-            while queue and queue[0][0] == _PLACEHOLDER:  # messages without events behind it
-                done.append(queue.popleft()[2])
-            out.append(Taken(topic, partition, ts, event, tuple(done)))
+            if message.left:
+                done: tuple[Message, ...] = ()
+            elif not best or best[0][0] != _PLACEHOLDER:
+                done = (message,)
+            else:
+                finished = [message]
+                while best and best[0][0] == _PLACEHOLDER:  # messages without events behind it
+                    finished.append(best.popleft()[2])
+                done = tuple(finished)
+            out.append(Taken(best_topic, partition, ts, event, done))
 
     def idle_seconds(self, partition: int, now: float) -> float:
         """How long the task has waited for a lagging partition (0 when it does not wait)."""
