@@ -72,6 +72,31 @@ class WorkerMetrics(_Metrics):
             ["topic"],
             registry=r,
         )
+        self.task_idle = Gauge(
+            "ripple_task_idle_seconds",
+            "How long each task has waited for an input partition whose records are in Kafka but not fetched "
+            "yet (0: not waiting); after max_task_idle it goes on without them",
+            ["agent", "partition"],
+            registry=r,
+        )
+        self.task_idle_timeouts = Counter(
+            "ripple_task_idle_timeouts_total",
+            "Times a task went on without a lagging input after max_task_idle (its records may then be late)",
+            ["agent"],
+            registry=r,
+        )
+        self.task_buffered = Gauge(
+            "ripple_task_buffered_events",
+            "Events fetched and waiting to be taken in event-time order, per agent",
+            ["agent"],
+            registry=r,
+        )
+        self.stream_time_lag = Gauge(
+            "ripple_stream_time_lag_seconds",
+            "Wall clock minus each task's stream time (the highest event time it has processed)",
+            ["agent", "partition"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "ripple_batch_seconds",
             "Time to process one batch of input messages",

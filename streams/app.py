@@ -31,13 +31,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ConsumerStoppedError
+from faust.types import TP
 from mode import Service
 
 from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, PLAINTEXT, KafkaSecurity, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams import attribution as attr
-from streams import chains, faust_fixes, fraud, lineage
+from streams import chains, faust_fixes, fraud, lineage, ordering
 from streams import commission as comm
 from streams import referrer as referrer_logic
 from streams.events import Rejected, decode, message_time
@@ -52,6 +53,8 @@ STREAM_TIME_KEY = "\x00stream_time"
 STREAM_TOPICS = frozenset({*COPARTITIONED_TOPICS, "refunds", *INTERNAL_TOPICS})
 #: how long a partition with records waiting may deliver nothing before it is read again
 STUCK_S = 15.0
+#: how often a task waiting for a lagging input checks whether its wait is over
+IDLE_CHECK_S = 0.05
 #: an outgoing message holds records up to about this many bytes (brokers refuse 1 MB by default)
 CHUNK_BYTES = 256 * 1024
 
@@ -282,6 +285,93 @@ class ReferenceReader(Service):
         return True
 
 
+class OrderedInput:
+    """An agent's input read in event-time order per task (:mod:`streams.ordering`).
+
+    The agent's stream hands over batches of messages without acknowledging them; each is
+    decoded into ``(ts, item)`` events by ``split`` and buffered per partition. Whatever
+    the task may process now is given, in order, to ``handle``; a message is acknowledged
+    (and counts as processed for :class:`Settled`) once all its events are handled and what
+    they produced is with the producer. A partition with too much buffered stops fetching
+    until the others catch up."""
+
+    def __init__(
+        self, app: faust.App, name: str, topics: tuple[str, ...], max_idle_s: float, metrics: WorkerMetrics
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.queues = ordering.TaskQueues(topics, max_idle_s, self._lagging)
+        self.metrics = metrics
+        self.stream: Any = None
+        self.paused: set[tuple[str, int]] = set()
+        self.timeouts = 0
+
+    def _lagging(self, topic: str, partition: int, next_offset: int | None) -> bool:
+        """Whether Kafka holds records of the partition not delivered yet (the high
+        watermark of the consumer's last fetch; Faust's position after its last seek when
+        nothing was delivered since)."""
+        consumer: Any = self.app.consumer
+        tp = TP(topic, partition)
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # not assigned (any more): nothing to wait for
+            return False
+        if next_offset is None:
+            next_offset = getattr(consumer, "_ripple_base", {}).get(tp)
+        if high is None or high < 0:
+            return True  # not fetched yet
+        return next_offset is None or next_offset < high
+
+    def add(self, event: Any, items: list[tuple[int, Any]]) -> list[Any]:
+        """Buffer one message's ``(ts, item)`` events; return the Faust events of messages
+        that are done already (no event, nothing ahead of them on their partition)."""
+        msg = event.message
+        if msg.generation_id != self.app.consumer_generation_id:
+            # fetched before a rebalance (the stream had it buffered): the consumer reads it
+            # again from the committed offset
+            return []
+        return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
+
+    def take(self) -> list[ordering.Taken]:
+        now = time.monotonic()
+        taken = self.queues.take(now)
+        timeouts = sum(task.enforced for task in self.queues.tasks.values())
+        if timeouts > self.timeouts:
+            self.metrics.task_idle_timeouts.labels(self.name).inc(timeouts - self.timeouts)
+        self.timeouts = timeouts
+        self.metrics.task_buffered.labels(self.name).set(sum(map(self.queues.buffered, self.queues.tasks)))
+        return taken
+
+    def status(self, partition: int) -> dict[str, Any]:
+        """What /healthz shows of one task."""
+        return {
+            "idle_seconds": round(self.queues.idle_seconds(partition, time.monotonic()), 3),
+            "waiting_for": self.queues.waiting_for(partition),
+            "buffered": self.queues.buffered(partition),
+        }
+
+    def has_buffered(self) -> bool:
+        return any(self.queues.buffered(p) for p in self.queues.tasks)
+
+    def regulate(self) -> None:
+        """Pause the partitions that hold too much, resume those that no longer do."""
+        consumer: Any = self.app.consumer
+        if self.app.rebalancing or self.app.in_recovery or not consumer.flow_active:
+            return
+        full = self.queues.full()
+        if full - self.paused:
+            consumer.pause_partitions([TP(t, p) for t, p in full - self.paused])
+        if self.paused - full:
+            consumer.resume_partitions([TP(t, p) for t, p in self.paused - full])
+        self.paused = full
+
+    def forget(self) -> None:
+        """After a rebalance the consumer reads again from the committed offsets."""
+        self.queues.forget()
+        self.paused.clear()
+        self.timeouts = 0
+
+
 def create_app(settings: Settings) -> faust.App:
     assert settings.bootstrap, "the worker needs a broker address"
     faust_fixes.install(COMPACTED_TOPICS)
@@ -328,6 +418,7 @@ def create_app(settings: Settings) -> faust.App:
         hold_ms=rules.block_hold_ms,
     )
     batch, within = settings.worker_batch, settings.worker_batch_ms / 1000
+    max_idle_s = settings.max_task_idle_ms / 1000
 
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
@@ -386,9 +477,16 @@ def create_app(settings: Settings) -> faust.App:
             self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
             self.changes: list[tuple[str, int, bytes, bytes]] = []  # changelog topic, partition, key, value
             self.offsets: dict[tuple[str, int], int] = {}
+            self.acks: list[tuple[Any, Any]] = []  # (stream, event) to acknowledge after the flush
 
         def read(self, msg: Any) -> None:
             self.offsets[(msg.topic, msg.partition)] = msg.offset
+
+        def finish(self, source: OrderedInput, event: Any) -> None:
+            """An ordered input's message is handled: processed, and acknowledged once what
+            the batch produced is with the producer."""
+            self.read(event.message)
+            self.acks.append((source.stream, event))
 
         def add(self, topic: str, key: str, value: Any) -> None:
             partition = partition_of(key, settings.partitions)
@@ -440,6 +538,9 @@ def create_app(settings: Settings) -> faust.App:
             self.changes.clear()
             processed.update(self.offsets)
             self.offsets.clear()
+            for stream, event in self.acks:
+                await stream.ack(event)
+            self.acks.clear()
 
     async def dead_letter(topic: str, partition: int, offset: int, bad: Iterable[Rejected]) -> None:
         for r in bad:
@@ -456,18 +557,21 @@ def create_app(settings: Settings) -> faust.App:
                 ],
             )
 
+    async def decode_message(msg: Any) -> list[dict[str, Any]]:
+        """A message's valid events; the invalid ones go to the dead-letter topic."""
+        metrics.messages_in.labels(msg.topic).inc()
+        now_ms = message_time(msg.timestamp * 1000, int(time.time() * 1000))  # Faust: seconds
+        good, bad = decode(msg.topic, msg.value, now_ms, settings.max_future_ms)
+        if bad:
+            await dead_letter(msg.topic, msg.partition, msg.offset, bad)
+        metrics.events_in.labels(msg.topic).inc(len(good))
+        return good
+
     async def decode_batch(events: list[Any], box: Outbox) -> list[tuple[str, int, dict[str, Any]]]:
         decoded: list[tuple[str, int, dict[str, Any]]] = []
         for ev in events:
-            msg = ev.message
-            box.read(msg)
-            metrics.messages_in.labels(msg.topic).inc()
-            now_ms = message_time(msg.timestamp * 1000, int(time.time() * 1000))  # Faust: seconds
-            good, bad = decode(msg.topic, msg.value, now_ms, settings.max_future_ms)
-            if bad:
-                await dead_letter(msg.topic, msg.partition, msg.offset, bad)
-            metrics.events_in.labels(msg.topic).inc(len(good))
-            decoded.extend((msg.topic, msg.partition, e) for e in good)
+            box.read(ev.message)
+            decoded.extend((ev.message.topic, ev.message.partition, e) for e in await decode_message(ev.message))
         return decoded
 
     #: where each handler is, for ``kill -USR1``: (what it does, since when, events in its batch)
@@ -502,35 +606,101 @@ def create_app(settings: Settings) -> faust.App:
         return entry[1] if entry else table.data.get(key.encode()) or None
 
     class StreamClock:
-        """Stream time per partition number, kept in the agent's own table."""
+        """Stream time per partition number, and how far each input partition of the task
+        has been handled, kept in the agent's own table.
+
+        Both go to the changelog after the batch's state, in the same partition, from an
+        idempotent producer: a restored table holds exactly the effect of the events up to
+        the stored positions. The consumer's committed offsets trail them (Faust commits
+        every few seconds, a backlog's few seconds span hours of event time), so after a
+        crash the events between the two are read again: they are skipped, not taken as
+        late against a clock they already moved."""
 
         def __init__(self, table: Any, name: str) -> None:
             self.table = table
             self.key = STREAM_TIME_KEY + name
             self.times: dict[int, int] = {}
+            self.handled: dict[int, dict[str, list[int]]] = {}  # partition -> topic -> [offset, index]
+
+        def _load(self, partition: int) -> None:
+            stored = self.table.data.get(f"{self.key}:{partition}".encode())
+            if isinstance(stored, dict):
+                self.times[partition] = int(stored.get("t", 0))
+                self.handled[partition] = {t: list(pos) for t, pos in stored.get("at", {}).items()}
+            else:  # a number: stream time only (written before positions were kept)
+                self.times[partition] = int(stored) if stored is not None else 0
+                self.handled[partition] = {}
 
         def get(self, partition: int) -> int:
-            st = self.times.get(partition)
-            if st is None:
-                stored = self.table.data.get(f"{self.key}:{partition}".encode())
-                st = self.times[partition] = int(stored) if stored is not None else 0
-            return st
+            if partition not in self.times:
+                self._load(partition)
+            return self.times[partition]
 
-        def advance(self, partition: int, ts: int) -> None:
-            self.times[partition] = max(self.get(partition), ts)
+        def replayed(self, topic: str, partition: int, position: list[int]) -> bool:
+            """Whether the event at ``position`` ([offset, index in its message]) was
+            handled already, its effect in the restored state."""
+            if partition not in self.handled:
+                self._load(partition)
+            done = self.handled[partition].get(topic)
+            return done is not None and position <= done
+
+        def advance(self, partition: int, topic: str, position: list[int], ts: int | None = None) -> None:
+            """The event at ``position`` is handled; an event's ``ts`` moves stream time
+            (a flood verdict's does not: it speaks of a click already counted)."""
+            self.times[partition] = self.get(partition) if ts is None else max(self.get(partition), ts)
+            self.handled[partition][topic] = position
 
         def persist(self, partitions: Iterable[int], box: Outbox) -> None:
             for p in set(partitions):
-                box.put(self.table, p, f"{self.key}:{p}", self.times[p])
+                value = {"t": self.times[p], "at": self.handled[p]}
+                box.put(self.table, p, f"{self.key}:{p}", value)
+
+        def forget(self) -> None:
+            """The table was recovered for a new assignment: read it again."""
+            self.times.clear()
+            self.handled.clear()
 
     visitor_clock = StreamClock(visitor_state, "visitors")
     order_clock = StreamClock(order_state, "orders")
 
     # -- visitors: views, clicks, orders (+ fraud verdicts on clicks) -> credits ---------
+    # Each task's inputs are taken in event-time order (SPEC §3.5, streams.ordering); a
+    # flood verdict counts at its click's time.
+    visitors_in = OrderedInput(app, "visitors", (*COPARTITIONED_TOPICS, "ripple-blocks"), max_idle_s, metrics)
+    visitor_lock = asyncio.Lock()  # the agent and the timer that ends a task's wait
+
     @app.agent(raw_topic(*COPARTITIONED_TOPICS, "ripple-blocks"), name="visitors")
     async def visitor_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_visitor_batch, events)
+        visitors_in.stream = stream
+        async for events in stream.noack_take(batch, within=within):
+            await guarded(receive_visitor_batch, events, visitor_lock)
+
+    @app.task
+    async def visitors_waiting() -> None:
+        """Process what a task may take once its wait for a lagging input is over (no batch
+        may come meanwhile)."""
+        while not app.should_stop:
+            await asyncio.sleep(IDLE_CHECK_S)
+            if visitors_in.has_buffered() and not visitor_lock.locked():
+                await guarded(drain_visitors, [], visitor_lock)
+
+    async def receive_visitor_batch(events: list[Any], box: Outbox) -> None:
+        for ev in events:
+            msg = ev.message
+            items: list[tuple[int, Any]]
+            if msg.topic == "ripple-blocks":
+                records = keyed_records(msg)
+                items = [(v["ts"], (msg.topic, (k, v), 0.0, [msg.offset, i])) for i, (k, v) in enumerate(records)]
+            else:  # Faust timestamps are seconds
+                good = await decode_message(msg)
+                items = [(e["ts"], (msg.topic, e, msg.timestamp, [msg.offset, i])) for i, e in enumerate(good)]
+            for done in visitors_in.add(ev, items):
+                box.finish(visitors_in, done)
+        await drain_visitors(events, box)
+
+    async def drain_visitors(events: list[Any], box: Outbox) -> None:
+        await handle_visitor_items(visitors_in.take(), box)
+        visitors_in.regulate()
 
     class VisitorOutputs:
         """What one batch of the visitor agent sends: one message per key and topic."""
@@ -569,26 +739,46 @@ def create_app(settings: Settings) -> faust.App:
         evidence = {"order_id": order[attr.O_ID], "click_event_id": click_id}
         return referrer_logic.alert("click_injection", severity, referrer_id, order[attr.O_TS], evidence, referrer_id)
 
-    async def handle_visitor_batch(events: list[Any], box: Outbox) -> None:
+    async def handle_visitor_items(taken: list[ordering.Taken], box: Outbox) -> None:
+        """A task's events in event-time order: views, clicks and orders credit orders, a
+        flood verdict on a click restates the orders it touched."""
+        if not taken:
+            return
         started = time.perf_counter()
-        verdicts = [e for e in events if e.message.topic == "ripple-blocks"]
-        decoded = await decode_batch([e for e in events if e.message.topic != "ripple-blocks"], box)
-        # Topics are fetched independently, so a batch mixes them out of event-time order;
-        # taking each batch in event time makes restatements (and late events) rarer.
-        decoded.sort(key=lambda item: item[2]["ts"])
-        stage["handle_visitor_batch"] = ("waiting for the reference data", time.time(), len(events))
+        stage["handle_visitor_items"] = ("waiting for the reference data", time.time(), len(taken))
         await reader.ready()  # never credit with half-loaded codes (a worker just started)
         if any(
             not reference.knows(e.get("discount_code") if t == "orders" else e.get("ref"))
             and (t == "clicks" or e.get("discount_code"))
-            for t, _, e in decoded
+            for t, e, _, _ in (item.event for item in taken)
+            if t != "ripple-blocks"
         ):
-            stage["handle_visitor_batch"] = ("reading new codes", time.time(), len(events))
+            stage["handle_visitor_items"] = ("reading new codes", time.time(), len(taken))
             await reader.sync()  # a code this worker has not seen yet may just have been written
-            stage["handle_visitor_batch"] = ("handling", time.time(), len(events))
+            stage["handle_visitor_items"] = ("handling", time.time(), len(taken))
         touched: dict[str, tuple[int, attr.State]] = {}
         outputs = VisitorOutputs()
-        for topic, partition, event in decoded:
+        now = time.time()
+        for item in taken:
+            for done in item.done:
+                box.finish(visitors_in, done.token)
+            topic, event, arrived, position = item.event
+            partition = item.partition
+            if visitor_clock.replayed(topic, partition, position):
+                continue  # handled before a crash: its effect is in the restored state
+            if topic == "ripple-blocks":  # a click found to be part of a flood: restate what it touched
+                visitor, verdict = event
+                state = held(touched, visitor_state, visitor) or attr.new_state()
+                touched[visitor] = (partition, state)
+                metrics.blocked_touches.labels(verdict["rule"]).inc()
+                visitor_clock.advance(partition, topic, position)
+                for order in attr.add_block(state, verdict["event_id"], verdict["ts"]):
+                    result = attr.credit_order(state, order, reference, windows, settings.policy)
+                    outputs.credited(order, result)
+                    conflict = attr.conflict_row(order, result, settings.policy)
+                    if conflict is not None:
+                        box.add("conflicts", order[attr.O_ID], conflict)
+                continue
             st = visitor_clock.get(partition)
             if attr.is_late(event["ts"], st, windows):
                 metrics.late_events.labels(topic).inc()
@@ -604,7 +794,10 @@ def create_app(settings: Settings) -> faust.App:
                         "partition": partition,
                     },
                 )
-            visitor_clock.advance(partition, event["ts"])
+            visitor_clock.advance(partition, topic, position, event["ts"])
+            if topic == "orders":
+                metrics.attribution_latency.labels("arrival").observe(max(0.0, now - arrived))
+                metrics.attribution_latency.labels("event").observe(max(0.0, now - event["ts"] / 1000))
             visitor = event.get("visitor_id")
             if visitor is None:
                 continue  # an anonymous view: a fact for the creator, no visitor touch
@@ -614,42 +807,23 @@ def create_app(settings: Settings) -> faust.App:
             touched[visitor] = (partition, state)
             if topic == "orders":
                 metrics.orders_attributed.inc()
-            for order, result in attr.handle_event(topic, event, state, st, windows, reference, settings.policy):
+            for order, result in attr.handle_event(topic, event, state, st, windows, reference, settings.policy, now):
                 outputs.credited(order, result)
                 conflict = attr.conflict_row(order, result, settings.policy)
                 if conflict is not None:
                     box.add("conflicts", order[attr.O_ID], conflict)
-        for ev in verdicts:  # clicks found to be part of a flood: restate what they touched
-            msg = ev.message
-            box.read(msg)
-            for visitor, verdict in keyed_records(msg):
-                state = held(touched, visitor_state, visitor) or attr.new_state()
-                touched[visitor] = (msg.partition, state)
-                metrics.blocked_touches.labels(verdict["rule"]).inc()
-                for order in attr.add_block(state, verdict["event_id"], verdict["ts"]):
-                    result = attr.credit_order(state, order, reference, windows, settings.policy)
-                    outputs.credited(order, result)
-                    conflict = attr.conflict_row(order, result, settings.policy)
-                    if conflict is not None:
-                        box.add("conflicts", order[attr.O_ID], conflict)
         for referrer_id, rows in outputs.credits.items():
             for row in rows:
                 box.add("ripple-credits", referrer_id, row)
-        now = time.time()
-        for ev in events:
-            if ev.message.topic == "orders":  # Faust timestamps are seconds
-                metrics.attribution_latency.labels("arrival").observe(max(0.0, now - ev.message.timestamp))
-        for topic, _, event in decoded:
-            if topic == "orders":
-                metrics.attribution_latency.labels("event").observe(max(0.0, now - event["ts"] / 1000))
         for key, clicks in outputs.by_ip.items():
             for click in clicks:
                 box.add("ripple-clicks", key, click)
         box.emit(outputs.alerts)
         for visitor, (partition, state) in touched.items():
-            attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms)
+            # an order stays until no flood verdict on a touch before it can be on its way
+            attr.expire(state, visitor_clock.get(partition), windows, reference.longest_override_ms, settled.before)
             box.put(visitor_state, partition, visitor, None if attr.is_empty(state) else state)
-        visitor_clock.persist((p for _, p, _ in decoded), box)
+        visitor_clock.persist({item.partition for item in taken}, box)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def click_checks(event: dict[str, Any], outputs: VisitorOutputs) -> bool:
@@ -834,12 +1008,22 @@ def create_app(settings: Settings) -> faust.App:
     settled = Settled()
     started_at = time.time()
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def forget_buffered(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # the consumer reads every assigned partition again from its committed offset
+        visitors_in.forget()
+        ledger_in.forget()
+        visitor_clock.forget()
+        order_clock.forget()
+
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
     async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
         # tables were just recovered for a new assignment: rebuild the in-memory indexes
         nonlocal parked_loaded
         parked_loaded = False
         pending_loaded.clear()
+        visitor_clock.forget()
+        order_clock.forget()
 
     # The referrer agent and the release timer change referrer_state; a flush waits for the
     # broker, so without this one's changelog record (a snapshot) could follow the other's.
@@ -924,21 +1108,49 @@ def create_app(settings: Settings) -> faust.App:
             box.put(chain_state, partition, root, chain)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
+    # Refunds and commission terms are taken in event-time order per task, as the visitors'
+    # inputs are: the ledger's clock (commission holds) moves only as they are processed.
+    ledger_in = OrderedInput(app, "ledger", ("refunds", "ripple-commissions"), max_idle_s, metrics)
+    ledger_lock = asyncio.Lock()
+
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
     async def ledger_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_ledger_batch, events)
+        ledger_in.stream = stream
+        async for events in stream.noack_take(batch, within=within):
+            await guarded(receive_ledger_batch, events, ledger_lock)
 
-    async def handle_ledger_batch(events: list[Any], box: Outbox) -> None:
-        refunds = [e for e in events if e.message.topic == "refunds"]
-        facts = [e for e in events if e.message.topic != "refunds"]
-        items: list[tuple[str, int, dict[str, Any]]] = await decode_batch(refunds, box) if refunds else []
-        for e in facts:
-            box.read(e.message)
-            items += [("ripple-commissions", e.message.partition, v) for _, v in keyed_records(e.message)]
+    @app.task
+    async def ledger_waiting() -> None:
+        while not app.should_stop:
+            await asyncio.sleep(IDLE_CHECK_S)
+            if ledger_in.has_buffered() and not ledger_lock.locked():
+                await guarded(drain_ledger, [], ledger_lock)
+
+    async def receive_ledger_batch(events: list[Any], box: Outbox) -> None:
+        for ev in events:
+            msg = ev.message
+            items: list[tuple[int, Any]]
+            records = await decode_message(msg) if msg.topic == "refunds" else [v for _, v in keyed_records(msg)]
+            items = [(r["ts"], (r, [msg.offset, i])) for i, r in enumerate(records)]
+            for done in ledger_in.add(ev, items):
+                box.finish(ledger_in, done)
+        await drain_ledger(events, box)
+
+    async def drain_ledger(events: list[Any], box: Outbox) -> None:
+        await handle_ledger_items(ledger_in.take(), box)
+        ledger_in.regulate()
+
+    async def handle_ledger_items(taken: list[ordering.Taken], box: Outbox) -> None:
+        items = []
+        for t in taken:
+            for done in t.done:
+                box.finish(ledger_in, done.token)
+            item, position = t.event
+            if not order_clock.replayed(t.topic, t.partition, position):
+                items.append((t.topic, t.partition, item, position))
         touched: dict[str, tuple[int, dict[str, Any]]] = {}
         changed: set[str] = set()
-        for topic, partition, item in items:
+        for topic, partition, item, position in items:
             order_id = item["order_id"]
             ledger = held(touched, order_state, order_id) or comm.new_ledger(partition)
             touched[order_id] = (partition, ledger)
@@ -947,7 +1159,7 @@ def create_app(settings: Settings) -> faust.App:
                     changed.add(order_id)
             elif comm.ledger_set_commission(ledger, item):
                 changed.add(order_id)
-            order_clock.advance(partition, item["ts"])
+            order_clock.advance(partition, topic, position, item["ts"])
         for partition in {p for p, _ in touched.values()}:
             for order_id in pending_due(partition):
                 ledger = held(touched, order_state, order_id)
@@ -973,7 +1185,7 @@ def create_app(settings: Settings) -> faust.App:
                             box.add("ripple-credits", referrer_id, {**note, "ts": refund_ts})
         for order_id, (partition, ledger) in touched.items():
             box.put(order_state, partition, order_id, ledger)
-        order_clock.persist((p for p, _ in touched.values()), box)
+        order_clock.persist((t.partition for t in taken), box)
 
     pending: dict[int, dict[str, int]] = {}  # partition -> order_id -> hold end (event time)
     pending_loaded: set[int] = set()
@@ -1148,12 +1360,37 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        # each task's stream time and wait as of this scrape
+        metrics.stream_time_lag.clear()
+        metrics.task_idle.clear()
+        for name, (partitions, status) in task_status(app.consumer.assignment()).items():
+            for p in partitions:
+                metrics.task_idle.labels(name, str(p)).set(status[p]["idle_seconds"])
+                if status[p]["stream_time"]:
+                    metrics.stream_time_lag.labels(name, str(p)).set(status[p]["stream_time_lag_seconds"])
         body, content_type = metrics.render()
         return web.bytes(body, content_type=content_type)
 
+    def task_status(tps: Iterable[Any]) -> dict[str, tuple[list[int], dict[int, dict[str, Any]]]]:
+        """Per agent whose inputs are ordered: its tasks (partitions assigned here) and, for
+        each, stream time, its lag behind the wall clock, and its wait for a lagging input."""
+        now_ms = time.time() * 1000
+        out = {}
+        for source, first_topic, clock in ((visitors_in, "views", visitor_clock), (ledger_in, "refunds", order_clock)):
+            partitions = sorted(tp.partition for tp in tps if tp.topic == first_topic)
+            status = {}
+            for p in partitions:
+                st = clock.get(p)
+                lag = round((now_ms - st) / 1000, 3) if st else None
+                status[p] = {"stream_time": st, "stream_time_lag_seconds": lag, **source.status(p)}
+            out[source.name] = (partitions, status)
+        return out
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
-        return web.json({"status": "ok", "assigned": assignment, "stream_time": visitor_clock.times})
+        tps = app.consumer.assignment()
+        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+        tasks = {name: {str(p): s for p, s in status.items()} for name, (_, status) in task_status(tps).items()}
+        return web.json({"status": "ok", "assigned": assignment, "stream_time": visitor_clock.times, "tasks": tasks})
 
     return app
