@@ -22,6 +22,7 @@ events by a separate, straightforward implementation of SPEC §3 and §5, not by
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 import time
@@ -1366,26 +1367,64 @@ def produce(
     return sent
 
 
+def interleave(streams: list[list[Message]]) -> list[Message]:
+    """Several programs' events as one storefront sends them: merged in event time.
+
+    Programs that share a stack run at the same time; sent one after the other, every
+    program after the first would arrive days behind the stream time of the one before
+    (late, SPEC §3.5). A message without a valid event (malformed) keeps its place after
+    the event before it."""
+
+    def keyed(n: int, stream: list[Message]) -> Iterator[tuple[int, int, int, Message]]:
+        ts = -1
+        for i, m in enumerate(stream):
+            if isinstance(m.event, dict) and isinstance(m.event.get("ts"), int):
+                ts = m.event["ts"]
+            yield ts, n, i, m
+
+    return [m for *_, m in heapq.merge(*(keyed(n, s) for n, s in enumerate(streams)))]
+
+
 def demo_stream(cfg: SimConfig, stop: Callable[[], bool]) -> Iterator[list[Message]]:
     """Endless demo traffic, one simulated window after another with fresh ids.
 
-    Windows follow each other from ``cfg.start_ms``; once they reach the present they
-    keep covering the last window before now, so no event is ever in the future.
-    """
+    Windows follow each other from ``cfg.start_ms``, always forward in time: the windows in
+    the past are sent as fast as the producer goes (a backlog), and once a window reaches
+    the present its events are released as their time comes, as a storefront sends them.
+    No event is ever in the future, and none goes back behind stream time (SPEC §3.5)."""
     n = 0
     span = int(cfg.days * DAY_MS)
     while not stop():
-        now_ms = int(time.time() * 1000)
-        start = min(cfg.start_ms + n * span, now_ms - span)
         window = SimConfig(
             **{
                 **cfg.__dict__,
                 "seed": cfg.seed + n,
                 "run_id": f"{cfg.prefix}-{n}",
                 "creator_prefix": cfg.creator_prefix or cfg.prefix,
-                "start_ms": start,
+                "start_ms": cfg.start_ms + n * span,
             }
         )
         ds = generate(window)
-        yield [*ds.reference, *ds.events]
+        if window.start_ms + span <= time.time() * 1000:
+            yield [*ds.reference, *ds.events]
+        else:
+            yield ds.reference
+            yield from _in_real_time(ds.events, stop)
         n += 1
+
+
+def _in_real_time(events: list[Message], stop: Callable[[], bool]) -> Iterator[list[Message]]:
+    """``events`` (in time order) in groups, each once the wall clock has reached its time."""
+    pending: list[Message] = []
+    for m in events:
+        ts = m.event.get("ts") if isinstance(m.event, dict) else None
+        while isinstance(ts, int) and ts > time.time() * 1000:
+            if stop():
+                return
+            if pending:
+                yield pending
+                pending = []
+            time.sleep(min(1.0, (ts - time.time() * 1000) / 1000))
+        pending.append(m)
+    if pending:
+        yield pending
