@@ -29,7 +29,7 @@ from typing import Any
 
 from ripple.broker import free_port
 from ripple.config import SECURITY_VARIABLES
-from ripple.simulate import SimConfig, generate, parse_inject, produce
+from ripple.simulate import SimConfig, generate, interleave, parse_inject, produce
 from streams.fraud import RULE_SEVERITIES, load_config
 
 #: targets at the default thresholds on the standard scenario
@@ -37,9 +37,6 @@ MIN_PRECISION = 0.90
 MIN_RECALL = 0.95
 #: the fraud rules scored (viral_chain is informational, not fraud)
 RULES = tuple(dict.fromkeys(rule for rule, _ in RULE_SEVERITIES if rule != "viral_chain"))
-#: the simulator squeezes two weeks into seconds, so stream time races ahead of the slower
-#: topics; a lateness bound longer than the simulated period keeps every event on time
-LATENESS_MS = 400 * 86_400_000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -199,7 +196,7 @@ def run_stack(
 ) -> None:
     """Start ``ripple up`` on ``data``, send every program, wait until all of it is in
     ClickHouse, stop. The chDB files under ``data / "clickhouse"`` are then free to open."""
-    env = {**os.environ, "RIPPLE_MAX_LATENESS_MS": str(LATENESS_MS)}
+    env = dict(os.environ)
     for name in ("RIPPLE_WEB_PORT", "RIPPLE_BOOTSTRAP", "RIPPLE_CLICKHOUSE", *SECURITY_VARIABLES):
         env.pop(name, None)  # a stack of its own: embedded broker and chDB, its API open on loopback
     data.mkdir(parents=True, exist_ok=True)
@@ -218,11 +215,11 @@ def run_stack(
             raise RuntimeError(f"ripple up exited with {proc.returncode}; see {data / 'up.log'}")
         runtime = json.loads(runtime_file.read_text())
         say(f"stack up: {runtime['web']}")
-        expected_orders = 0
         for _cfg, _, ds in sims:
             produce(ds.reference, runtime["bootstrap"])
-            produce(ds.events, runtime["bootstrap"], rate=rate)
-            expected_orders += ds.truth["counts"]["orders"]
+        # the programs run at the same time: one stream in event time, as a storefront sends it
+        produce(interleave([ds.events for _, _, ds in sims]), runtime["bootstrap"], rate=rate)
+        expected_orders = sum(ds.truth["counts"]["orders"] for _, _, ds in sims)
         say("sent; waiting for every event to reach ClickHouse")
         _wait_drained(runtime["web"], expected_orders, proc, say)
     finally:
