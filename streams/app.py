@@ -304,12 +304,22 @@ class OrderedInput:
         self.metrics = metrics
         self.stream: Any = None
         self.paused: set[tuple[str, int]] = set()
+        #: resumed, nothing delivered since: the consumer's high watermark for it is from
+        #: before the pause (a paused partition is not fetched), so it says nothing until
+        #: a fetch has surely come back (max_task_idle after the resume)
+        self.resumed: dict[tuple[str, int], float] = {}
+        self.max_idle_s = max_idle_s
         self.timeouts = 0
 
     def _lagging(self, topic: str, partition: int, next_offset: int | None) -> bool:
         """Whether Kafka holds records of the partition not delivered yet (the high
         watermark of the consumer's last fetch; Faust's position after its last seek when
         nothing was delivered since)."""
+        since = self.resumed.get((topic, partition))
+        if since is not None:
+            if time.monotonic() - since < self.max_idle_s:
+                return True  # waited for until its records come, or for max_task_idle
+            del self.resumed[(topic, partition)]
         consumer: Any = self.app.consumer
         tp = TP(topic, partition)
         try:
@@ -330,6 +340,7 @@ class OrderedInput:
             # fetched before a rebalance (the stream had it buffered): the consumer reads it
             # again from the committed offset
             return []
+        self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
 
     def take(self) -> list[ordering.Taken]:
@@ -363,12 +374,14 @@ class OrderedInput:
             consumer.pause_partitions([TP(t, p) for t, p in full - self.paused])
         if self.paused - full:
             consumer.resume_partitions([TP(t, p) for t, p in self.paused - full])
+            self.resumed.update(dict.fromkeys(self.paused - full, time.monotonic()))
         self.paused = full
 
     def forget(self) -> None:
         """After a rebalance the consumer reads again from the committed offsets."""
         self.queues.forget()
         self.paused.clear()
+        self.resumed.clear()
         self.timeouts = 0
 
 
