@@ -688,15 +688,6 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.noack_take(batch, within=within):
             await guarded(receive_visitor_batch, events, visitor_lock)
 
-    @app.task
-    async def visitors_waiting() -> None:
-        """Process what a task may take once its wait for a lagging input is over (no batch
-        may come meanwhile)."""
-        while not app.should_stop:
-            await asyncio.sleep(IDLE_CHECK_S)
-            if visitors_in.has_buffered() and not visitor_lock.locked():
-                await guarded(drain_visitors, [], visitor_lock)
-
     async def receive_visitor_batch(events: list[Any], box: Outbox) -> None:
         for ev in events:
             msg = ev.message
@@ -1132,13 +1123,6 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.noack_take(batch, within=within):
             await guarded(receive_ledger_batch, events, ledger_lock)
 
-    @app.task
-    async def ledger_waiting() -> None:
-        while not app.should_stop:
-            await asyncio.sleep(IDLE_CHECK_S)
-            if ledger_in.has_buffered() and not ledger_lock.locked():
-                await guarded(drain_ledger, [], ledger_lock)
-
     async def receive_ledger_batch(events: list[Any], box: Outbox) -> None:
         for ev in events:
             msg = ev.message
@@ -1152,6 +1136,17 @@ def create_app(settings: Settings) -> faust.App:
     async def drain_ledger(events: list[Any], box: Outbox) -> None:
         await handle_ledger_items(ledger_in.take(), box)
         ledger_in.regulate()
+
+    @app.task
+    async def inputs_waiting() -> None:
+        """Process what a task of either ordered agent may take once its wait for a lagging
+        input is over (no batch may come meanwhile)."""
+        ordered = ((visitors_in, visitor_lock, drain_visitors), (ledger_in, ledger_lock, drain_ledger))
+        while not app.should_stop:
+            await asyncio.sleep(IDLE_CHECK_S)
+            for source, lock, drain in ordered:
+                if source.has_buffered() and not lock.locked():
+                    await guarded(drain, [], lock)
 
     async def handle_ledger_items(taken: list[ordering.Taken], box: Outbox) -> None:
         items = []
