@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -54,6 +54,7 @@ class Hostile:
     good: int  # events that must pass
     kind: str  # what was done, for failure messages
     timestamp: int = 0  # message time (ms) to set; 0: the producer's clock
+    slot: int = 0  # sent before the simulated event at this position (its odd events carry that time)
 
 
 def _dumps(value: Any) -> bytes:
@@ -72,6 +73,12 @@ class Generator:
                 self.templates[m.topic].append(m.event)
         self.lo_ts = min(int(e["ts"]) for m in ds.events if (e := m.event) is not None)
         self.hi_ts = max(int(e["ts"]) for m in ds.events if (e := m.event) is not None)
+        # the stream's time before each simulated event (they are produced in event-time
+        # order): an odd event sent there is dated then, as a storefront's live event is
+        self.timeline = [self.lo_ts]
+        for m in ds.events:
+            self.timeline.append(max(self.timeline[-1], int(m.event["ts"]) if m.event is not None else 0))
+        self.slot = 0
         schemas = {t: orjson.loads((SCHEMA_DIR / f"{t}.schema.json").read_bytes()) for t in TOPICS}
         self.required = {t: tuple(schemas[t]["required"]) for t in TOPICS}
         self.properties = {t: schemas[t]["properties"] for t in TOPICS}
@@ -271,7 +278,8 @@ class Generator:
         """A valid event with fresh ids and odd (but allowed) content."""
         n = self.next_id()
         rng = self.rng
-        ts = rng.randrange(self.lo_ts, self.hi_ts + 1) if rng.random() < 0.9 else rng.randrange(0, 10**9)
+        # dated up to a minute before the stream's time where it is sent, or in 1970 (late)
+        ts = self.timeline[self.slot] - rng.randrange(60_000) if rng.random() < 0.9 else rng.randrange(0, 10**9)
         eid = self.odd_text(f"{PREFIX}{n}-") if rng.random() < 0.5 else f"{PREFIX}{n}"
         visitor = self.odd_text(f"fz-vis-{n}")  # a visitor of one event only: never an order's touch
         extra: dict[str, Any] = {}
@@ -350,6 +358,11 @@ class Generator:
         }
 
     # -- messages ----------------------------------------------------------------------
+    def place(self) -> int:
+        """Choose where among the simulated events the next message goes."""
+        self.slot = self.rng.randrange(len(self.timeline))
+        return self.slot
+
     def single(self) -> Hostile:
         """One message of one event (bad or odd) or of garbage."""
         rng = self.rng
@@ -498,25 +511,33 @@ class Generator:
 
 def specials(gen: Generator) -> Iterator[Hostile]:
     """The few rare messages every corpus holds."""
+    makers: list[Callable[[str], Hostile]] = [
+        gen.forged_time,
+        gen.stamped_in_the_past,
+        gen.over_limit_batch,
+        lambda topic: gen.huge(topic, 900_000),
+        lambda topic: gen.mixed_array(topic, size=5_000),
+    ]
     for topic in TOPICS:
-        yield gen.forged_time(topic)
-        yield gen.stamped_in_the_past(topic)
-        yield gen.over_limit_batch(topic)
-        yield gen.huge(topic, 900_000)
-        yield gen.mixed_array(topic, size=5_000)
+        for make in makers:
+            slot = gen.place()
+            yield replace(make(topic), slot=slot)
 
 
 def corpus(gen: Generator, singles: int, events: int) -> list[Hostile]:
     """``singles`` messages of one event or of garbage, then arrays of bad and odd events
     until the corpus holds ``events`` events (a message of garbage counts as one)."""
     out = list(specials(gen))
-    out.extend(gen.single() for _ in range(singles))
+    for _ in range(singles):
+        slot = gen.place()
+        out.append(replace(gen.single(), slot=slot))
     total = sum(count(h) for h in out)
     while total < events:
-        h = gen.mixed_array()
+        slot = gen.place()
+        h = replace(gen.mixed_array(), slot=slot)
         out.append(h)
         total += count(h)
-    return out
+    return sorted(out, key=lambda h: h.slot)
 
 
 def count(h: Hostile) -> int:

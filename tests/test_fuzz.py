@@ -82,11 +82,10 @@ class Sender:
 
 def interleave(rng: random.Random, sim: list[Message], gen: Generator, hostile: list[Hostile]) -> Iterator[Any]:
     """The simulated messages in their order, some of them wrapped among bad events, with
-    the hostile messages spread between them."""
-    slots = sorted(rng.randrange(len(sim) + 1) for _ in hostile)
+    the hostile messages (sorted by slot) spread between them at their slots."""
     h = 0
     for i, m in enumerate([*sim, None]):
-        while h < len(hostile) and slots[h] == i:
+        while h < len(hostile) and hostile[h].slot == i:
             yield hostile[h]
             h += 1
         if m is None:
