@@ -200,13 +200,23 @@ class ReferenceReader(Service):
         return {tp: found[TopicPartition(tp[0], tp[1])] for tp in ends}
 
     async def _true_ends(
-        self, ends: dict[TopicPartition, int], timeout: float = 5.0, slot: str = "reference"
+        self, ends: dict[TopicPartition, int], timeout: float = 5.0, slot: str = "reference", within: float = 120.0
     ) -> dict[TopicPartition, int]:
-        try:
-            return await asyncio.wait_for(self._probe_ends(ends, timeout, slot), timeout + 5)
-        except TimeoutError:
-            log.warning("reading the last batch of %d partitions took over %.0f s", len(ends), timeout + 5)
-            return ends
+        """:meth:`_probe_ends`, tried again for ``within`` seconds while some last batch
+        could not be read: table recovery, the reference data and the settle rounds must
+        not stop short of a partition's end (a busy broker or worker can take longer than
+        one try). Past ``within``, what the broker answered is the best known."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                out = await asyncio.wait_for(self._probe_ends(ends, timeout, slot), timeout + 5)
+            except TimeoutError:
+                log.warning("reading the last batch of %d partitions took over %.0f s", len(ends), timeout + 5)
+                out = ends
+            unknown = [tp for tp, end in ends.items() if end > 0 and self._known_ends.get(tp, (-1, 0))[0] != end]
+            if not unknown or time.monotonic() >= deadline or self.should_stop:
+                return out
+            log.warning("reading the last batch of %d partitions again", len(unknown))
 
     async def _probe_ends(
         self, ends: dict[TopicPartition, int], timeout: float, slot: str
@@ -280,7 +290,7 @@ class ReferenceReader(Service):
 
         async def probe() -> None:
             try:
-                await self._true_ends({tp: reported}, timeout=1.0, slot="inputs")
+                await self._true_ends({tp: reported}, timeout=1.0, slot="inputs", within=0.0)
             finally:
                 self._probing.discard(tp)
 
@@ -343,7 +353,7 @@ class OrderedInput:
         #: passes the reported end
         self.batch_ends = False
         self.name = name
-        self.queues = ordering.TaskQueues(topics, max_idle_s, self._lagging)
+        self.queues = ordering.TaskQueues(topics, max_idle_s, self._lagging, self._fetch_again)
         self.metrics = metrics
         self.stream: Any = None
         self.paused: set[tuple[str, int]] = set()
@@ -353,6 +363,34 @@ class OrderedInput:
         self.resumed: dict[tuple[str, int], float] = {}
         self.max_idle_s = max_idle_s
         self.timeouts = 0
+
+    def attach(self, stream: Any) -> None:
+        """Read the agent's ``stream``. Its partitions stop fetching as ``regulate`` says, per
+        partition, and never because the agent's queue is busy.
+
+        Faust stops fetching a partition whose record finds the agent's queue (one for all
+        of the task's topics) under pressure, and fetches it again only as the queue drains
+        below 40 %. Under a steady load the topics that keep the queue busy go on being
+        fetched, and a partition the task waits for was not fetched for as long as that
+        lasted (until the watchdog read it again, 15 s): the task then went on without it,
+        and its records became late. Kafka Streams pauses a partition for its own buffer only
+        (``buffered.records.per.partition``), as ``regulate`` does; the queue still holds at
+        most ``stream_buffer_maxsize`` records (a full queue makes the fetcher wait)."""
+        self.stream = stream
+        stream.channel.queue.in_pressure_high_state = lambda _callback: False
+
+    def _fetch_again(self, topic: str, partition: int) -> None:
+        """A partition waited for ``max_task_idle`` goes back into the consumer's fetch set
+        if Faust took it out (its queue's pressure, a rebalance's leftovers); one this
+        input paused has records buffered, so it is never waited for."""
+        consumer: Any = self.app.consumer
+        tp = TP(topic, partition)
+        consumer.on_buffer_drop(tp)
+        active = consumer._active_partitions
+        if active is not None and tp not in active and tp not in consumer._paused_partitions:
+            if tp in consumer.assignment():
+                log.info("%s: waited for %.0f s; fetching it again", tp, self.max_idle_s)
+                active.add(tp)
 
     def _lagging(self, topic: str, partition: int, next_offset: int | None) -> bool:
         """Whether Kafka holds records of the partition not delivered yet (the high
@@ -740,7 +778,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(raw_topic(*COPARTITIONED_TOPICS, "ripple-blocks"), name="visitors")
     async def visitor_agent(stream: Any) -> None:
-        visitors_in.stream = stream
+        visitors_in.attach(stream)
         async for events in stream.noack_take(batch, within=within):
             await guarded(receive_visitor_batch, events, visitor_lock)
 
@@ -1175,7 +1213,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
     async def ledger_agent(stream: Any) -> None:
-        ledger_in.stream = stream
+        ledger_in.attach(stream)
         async for events in stream.noack_take(batch, within=within):
             await guarded(receive_ledger_batch, events, ledger_lock)
 

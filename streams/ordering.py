@@ -9,9 +9,15 @@ stream time ahead of the data and turn on-time events into late ones.
 :class:`TaskQueues` buffers each partition's records in offset order and hands them out as
 Kafka Streams' ``PartitionGroup`` does: always the head record with the lowest ``ts`` among
 the task's partitions. While a partition has nothing buffered but has records in Kafka not
-delivered yet (``lagging``), the task waits for it, up to ``max_idle_s``
-(``max.task.idle.ms``); a partition that is caught up with its end offset is never waited
-for. Stream time — the highest ``ts`` processed — is the caller's, moved by what it takes.
+delivered yet (``lagging``), the task waits for it: as Kafka Streams since KIP-695, records
+known to be in Kafka are waited for until they come, however busy the consumer is (under
+load a fetch can take many seconds, and a task that went on without them would turn them
+into late events). Each ``max_idle_s`` (``max_task_idle``) of waiting, ``stalled`` asks the
+consumer to fetch the partition; only after ``max_wait_s`` (``LAGGING_WAIT_FACTOR`` times
+``max_idle_s``, two minutes by default: a consumer that cannot deliver known records for
+that long is broken) does the task go on without it. A partition that is caught up with its
+end offset is never waited for. Stream time — the highest ``ts`` processed — is the
+caller's, moved by what it takes.
 
 Each Kafka message may hold several events (a JSON array); a message is *done* once all of
 its events have been taken, and only then may its offset be acknowledged. A message with
@@ -26,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 TopicPartition = tuple[str, int]
+
+#: how many times ``max_idle_s`` a task waits for a lagging partition before it goes on
+LAGGING_WAIT_FACTOR = 60
 
 
 @dataclass(eq=False)
@@ -55,6 +64,8 @@ class _Task:
     #: since when (the caller's clock, seconds) each empty partition with records in Kafka
     #: has been waited for; kept until its records come or it is caught up
     waiting: dict[str, float] = field(default_factory=dict)
+    #: when ``stalled`` was last called for each waited-for partition
+    asked: dict[str, float] = field(default_factory=dict)
     #: whether the task goes on without a lagging partition now, and how often that began
     enforcing: bool = False
     enforced: int = 0
@@ -67,16 +78,23 @@ class TaskQueues:
 
     ``lagging(topic, partition, next_offset)`` tells whether Kafka holds records of the
     partition from ``next_offset`` on (``next_offset`` None: nothing delivered yet since the
-    last :meth:`clear`)."""
+    last :meth:`clear`); ``stalled(topic, partition)`` is called each ``max_idle_s`` that a
+    lagging partition has been waited for."""
 
     topics: tuple[str, ...]
     max_idle_s: float
     lagging: Callable[[str, int, int | None], bool]
+    stalled: Callable[[str, int], None] = lambda _topic, _partition: None
     #: a partition holding more buffered events than this should stop fetching (see :meth:`full`)
     max_buffered: int = 2000
     tasks: dict[int, _Task] = field(default_factory=dict)
     #: the next offset expected per partition: what was delivered, plus one
     next_offset: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def max_wait_s(self) -> float:
+        """How long a lagging partition is waited for before the task goes on without it."""
+        return self.max_idle_s * LAGGING_WAIT_FACTOR
 
     def _task(self, partition: int) -> _Task:
         task = self.tasks.get(partition)
@@ -131,15 +149,19 @@ class TaskQueues:
                 if behind is None:
                     behind = lagging[topic] = self.lagging(topic, partition, self.next_offset.get((topic, partition)))
                 if behind:
-                    waiting.setdefault(topic, now)
+                    since = waiting.setdefault(topic, now)
+                    if now - max(since, task.asked.get(topic, since)) >= self.max_idle_s > 0:
+                        task.asked[topic] = now
+                        self.stalled(topic, partition)
                 elif waiting:
                     waiting.pop(topic, None)
             if not waiting:
                 task.enforcing = False
+                task.asked.clear()
             if best is None:
                 return
             if waiting:
-                if any(now - since < self.max_idle_s for since in waiting.values()):
+                if any(now - since < self.max_wait_s for since in waiting.values()):
                     return  # wait for the lagging partitions' records
                 if not task.enforcing:
                     task.enforcing = True

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ordering import TaskQueues
+from streams.ordering import LAGGING_WAIT_FACTOR, TaskQueues
 
 TOPICS = ("views", "clicks", "orders")
 
@@ -74,17 +74,43 @@ def test_an_empty_partition_with_records_in_kafka_is_waited_for() -> None:
     assert q.tasks[0].enforced == 0
 
 
-def test_the_wait_ends_after_max_task_idle_and_is_counted_once() -> None:
+def test_records_in_kafka_are_waited_for_past_max_task_idle_and_fetched_again_each_time() -> None:
+    # Kafka Streams (KIP-695): records known to be in Kafka are waited for until they come,
+    # however long a busy consumer takes; each max_task_idle the consumer is asked again
+    kafka = Kafka()
+    asked: list[tuple[str, int, float]] = []
+    now = [0.0]
+    q = TaskQueues(TOPICS, 2.0, kafka.lagging, lambda t, p: asked.append((t, p, now[0])))
+    deliver(q, kafka, "views", 0, 100)
+    kafka.ends[("orders", 0)] = 1
+    for now[0] in (0.0, 1.999, 2.0, 3.0, 4.5, 30.0):
+        assert order_of(q, now=now[0]) == []
+    assert asked == [("orders", 0, 2.0), ("orders", 0, 4.5), ("orders", 0, 30.0)]
+    deliver(q, kafka, "orders", 0, 50)
+    assert order_of(q, now=31.0) == ["orders@50", "views@100"]
+    assert q.tasks[0].enforced == 0
+
+
+def test_the_wait_ends_after_max_wait_and_is_counted_once() -> None:
     kafka = Kafka()
     q = queues(kafka, max_idle_s=2.0)
+    assert q.max_wait_s == 2.0 * LAGGING_WAIT_FACTOR
     deliver(q, kafka, "views", 0, 100)
     kafka.ends[("orders", 0)] = 1
     assert order_of(q, now=0.0) == []
-    assert order_of(q, now=1.999) == []
-    assert order_of(q, now=2.0) == ["views@100"]  # max_task_idle is over: go on without orders
+    assert order_of(q, now=q.max_wait_s - 0.001) == []
+    assert order_of(q, now=q.max_wait_s) == ["views@100"]  # a consumer this stuck is broken: go on
     deliver(q, kafka, "views", 1, 110)
-    assert order_of(q, now=2.1) == ["views@110"]  # still without them: the same wait
+    assert order_of(q, now=q.max_wait_s + 0.1) == ["views@110"]  # still without them: the same wait
     assert q.tasks[0].enforced == 1
+
+
+def test_no_wait_at_all_with_max_task_idle_zero() -> None:
+    kafka = Kafka()
+    q = queues(kafka, max_idle_s=0.0)
+    deliver(q, kafka, "views", 0, 100)
+    kafka.ends[("orders", 0)] = 1
+    assert order_of(q, now=0.0) == ["views@100"]
 
 
 def test_a_caught_up_partition_is_not_waited_for() -> None:
