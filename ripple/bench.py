@@ -117,7 +117,7 @@ class Figures:
     sink_insert_seconds: float = 0.0
     attribution_rows: float = 0.0
     late_events: float = 0.0  # the worker's late events in the end-to-end phase (its input is on time)
-    idle_timeouts: float = 0.0  # times a task went on without a lagging input (max_task_idle)
+    idle_timeouts: float = 0.0  # times a task went on without a lagging input (after 60 x max_task_idle)
     live_rate: float = 0.0  # events per second sent in the latency phase
     live_orders: int = 0
     latency_samples: float = 0.0
@@ -535,7 +535,7 @@ class Bench:
         self.fig.idle_timeouts = sum(v for name, _, v in worker if name == "ripple_task_idle_timeouts_total")
         self.say(
             f"ripple: {self.fig.late_events:.0f} late events, {self.fig.idle_timeouts:.0f} waits for a lagging "
-            "input ran out (max_task_idle)"
+            "input ran out (60 x max_task_idle)"
         )
         self.fig.state_keys = metric(worker, "ripple_state_keys", table="visitor_state")
         self.fig.state_bytes = metric(worker, "ripple_state_bytes", table="visitor_state")

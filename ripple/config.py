@@ -239,8 +239,9 @@ class Settings:
     # an event more than this ahead of its message's broker timestamp is a dead letter
     # (worker, sink and collector alike), never a clock (SPEC §3.5)
     max_future_ms: int = MAX_FUTURE_MS
-    # how long a task waits for an input partition with records not fetched yet before it
-    # goes on without it (Kafka Streams' max.task.idle.ms)
+    # a task waits for an input partition with records not fetched yet until they come;
+    # every max_task_idle it has the consumer fetch it again, and after 60 x max_task_idle
+    # it goes on without it (0: never waits; streams.ordering)
     max_task_idle_ms: int = 2000
     max_touches_per_visitor: int = 64
     half_life_ms: int = 7 * DAY_MS

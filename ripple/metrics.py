@@ -75,13 +75,13 @@ class WorkerMetrics(_Metrics):
         self.task_idle = Gauge(
             "ripple_task_idle_seconds",
             "How long each task has waited for an input partition whose records are in Kafka but not fetched "
-            "yet (0: not waiting); after max_task_idle it goes on without them",
+            "yet (0: not waiting); after 60 x max_task_idle it goes on without them",
             ["agent", "partition"],
             registry=r,
         )
         self.task_idle_timeouts = Counter(
             "ripple_task_idle_timeouts_total",
-            "Times a task went on without a lagging input after max_task_idle (its records may then be late)",
+            "Times a task went on without a lagging input after 60 x max_task_idle (its records may then be late)",
             ["agent"],
             registry=r,
         )

@@ -419,7 +419,7 @@ class OrderedInput:
             return False  # caught up
         # Past the reported end of a broker that reports batches: the rest of the last
         # batch may be fetched and not delivered yet. Its true end is read once per
-        # reported end; until then the partition is waited for (max_task_idle at most).
+        # reported end; until then the partition is waited for.
         true_end = self.ends.known_end(topic, partition, high)
         if true_end is None:
             self.ends.probe_end(topic, partition, high)
