@@ -363,6 +363,8 @@ class OrderedInput:
         self.resumed: dict[tuple[str, int], float] = {}
         self.max_idle_s = max_idle_s
         self.timeouts = 0
+        #: the generation being revoked, until the rebalance completes: its messages are stale
+        self.stale_generation: int | None = None
 
     def attach(self, stream: Any) -> None:
         """Read the agent's ``stream``. Its partitions stop fetching as ``regulate`` says, per
@@ -430,9 +432,13 @@ class OrderedInput:
         """Buffer one message's ``(ts, item)`` events; return the Faust events of messages
         that are done already (no event, nothing ahead of them on their partition)."""
         msg = event.message
-        if msg.generation_id != self.app.consumer_generation_id:
-            # fetched before a rebalance (the stream had it buffered): the consumer reads it
-            # again from the committed offset
+        if msg.generation_id != self.app.consumer_generation_id or msg.generation_id == self.stale_generation:
+            # fetched before a rebalance (the stream had it buffered, or a handler held it
+            # while the partitions were revoked, before the new generation was known): the
+            # consumer reads it again from the committed offset. Buffered, it would mark its
+            # offset as delivered, and the copy read again would be ignored as a duplicate —
+            # while the stale one could no longer be acknowledged: the group's commits stuck
+            # behind it for good.
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
@@ -471,8 +477,14 @@ class OrderedInput:
             self.resumed.update(dict.fromkeys(self.paused - full, time.monotonic()))
         self.paused = full
 
+    def rebalanced(self) -> None:
+        """The new assignment is in place (its generation is the app's)."""
+        self.stale_generation = None
+
     def forget(self) -> None:
-        """After a rebalance the consumer reads again from the committed offsets."""
+        """After a rebalance the consumer reads again from the committed offsets; what was
+        fetched in the generation being revoked is stale."""
+        self.stale_generation = self.app.consumer_generation_id
         self.queues.forget()
         self.paused.clear()
         self.resumed.clear()
@@ -1122,6 +1134,8 @@ def create_app(settings: Settings) -> faust.App:
         pending_loaded.clear()
         visitor_clock.forget()
         order_clock.forget()
+        visitors_in.rebalanced()
+        ledger_in.rebalanced()
 
     # The referrer agent and the release timer change referrer_state; a flush waits for the
     # broker, so without this one's changelog record (a snapshot) could follow the other's.
