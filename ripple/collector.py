@@ -137,7 +137,7 @@ class CodeBook:
 
     "Caught up" means every partition was read to the end offset the broker reported at
     start; the embedded broker can report less than the true end (see
-    ``streams.app.ReferenceReader._true_ends``), and reading goes on regardless."""
+    ``streams.reference_reader.ReferenceReader._true_ends``), and reading goes on regardless."""
 
     def __init__(self, settings: Settings) -> None:
         assert settings.bootstrap is not None

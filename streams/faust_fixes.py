@@ -206,7 +206,7 @@ def install_recovery_ends(true_ends: TrueEnds) -> None:
     with the offset of the last record batch plus one, so recovery could end before the
     rest of that batch — the newest state of its keys — was applied, and the worker would
     go on from older state than it had saved. Recovery asks ``true_ends`` instead (see
-    ``streams.app.ReferenceReader.true_ends``); on Kafka the answer is the same."""
+    ``streams.reference_reader.ReferenceReader.true_ends``); on Kafka the answer is the same."""
     cls: Any = faust_recovery.Recovery
 
     async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:

@@ -108,7 +108,7 @@ def uncommitted(bootstrap: str, group: str, topics: tuple[str, ...]) -> dict[str
 
 def true_ends(bootstrap: str, parts: list[TopicPartition]) -> dict[tuple[str, int], int]:
     """The embedded broker's high watermark is the offset of the last record batch plus one:
-    read that batch to find its last record (streams.app.ReferenceReader._true_ends)."""
+    read that batch to find its last record (streams.reference_reader.ReferenceReader._true_ends)."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "ripple-test-ends", "enable.auto.commit": False})
     try:
         ends = {}
