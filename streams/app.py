@@ -33,7 +33,7 @@ from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPIC
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams import attribution as attr
-from streams import chains, faust_fixes, fraud, lineage, ordering
+from streams import chains, faust_fixes, faust_state, fraud, lineage, ordering
 from streams import commission as comm
 from streams import referrer as referrer_logic
 from streams.events import Rejected, decode, message_time
@@ -941,16 +941,18 @@ def create_app(settings: Settings) -> faust.App:
             for task in asyncio.all_tasks():
                 log.warning("task %s: %s", task.get_name(), " -> ".join(awaits(task.get_coro())) or "(done)")
             consumer: Any = app.consumer
-            log.warning("paused: %s", sorted(map(str, getattr(consumer, "_paused_partitions", ()))))
-            log.warning("active: %s", sorted(map(str, consumer._active_partitions or ())))
-            log.warning("buffered: %s", sorted(map(str, consumer._buffered_partitions)))
-            log.warning("read offsets: %s", {str(tp): o for tp, o in consumer._read_offset.items()})
-            log.warning("expected: %s", {str(tp): o for tp, o in getattr(consumer, "_ripple_next", {}).items()})
+            log.warning("paused: %s", sorted(map(str, faust_state.paused(consumer))))
+            log.warning("active: %s", sorted(map(str, faust_state.active(consumer) or ())))
+            log.warning("buffered: %s", sorted(map(str, faust_state.buffered(consumer))))
+            log.warning("read offsets: %s", {str(tp): o for tp, o in faust_state.read_offsets(consumer).items()})
+            log.warning("expected: %s", {str(tp): o for tp, o in faust_state.expected(consumer).items()})
             log.warning("processed: %s", dict(sorted(processed.items())))
             # Faust commits a partition only up to its first offset not acked
-            acked = {str(tp): (min(a), max(a), len(a)) for tp, a in consumer._acked.items() if a}
+            acked = {str(tp): r for tp, r in faust_state.acked_ranges(consumer).items()}
             log.warning("acked, not yet committed (first, last, count): %s", acked)
-            log.warning("committed by this worker: %s", {str(tp): o for tp, o in consumer._committed_offset.items()})
+            log.warning(
+                "committed by this worker: %s", {str(tp): o for tp, o in faust_state.committed(consumer).items()}
+            )
             log.warning("assignment: %s", sorted(map(str, consumer.assignment())))
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
@@ -963,19 +965,18 @@ def create_app(settings: Settings) -> faust.App:
         handler, nor in a handler's hands, nor waiting in a stream's queue; None if none."""
         if want is None:
             return None
-        committed = consumer._committed_offset.get(tp)
-        first = committed if committed is not None else getattr(consumer, "_ripple_base", {}).get(tp)
+        committed = faust_state.committed(consumer).get(tp)
+        first = committed if committed is not None else faust_state.base(consumer).get(tp)
         if first is None or first >= want:
             return None
-        acked = set(consumer._acked.get(tp, ()))
+        acked = faust_state.acked(consumer, tp)
         while first in acked:
             first += 1
         if first >= want:
             return None
-        if any(m.tp == tp for m in list(consumer._unacked_messages)):
+        if faust_state.held_by_a_handler(consumer, tp):
             return None  # a handler has it
-        conductor: Any = app.topics
-        if any(chan.queue.qsize() for chan in conductor._tp_index.get(tp, ())):
+        if faust_state.queued(app, tp):
             return None  # waiting for its stream
         return int(first)
 
@@ -994,7 +995,7 @@ def create_app(settings: Settings) -> faust.App:
         if app.in_recovery or not consumer.flow_active:
             stuck_since.clear()
             return
-        expected: dict[Any, int] = getattr(consumer, "_ripple_next", {})
+        expected = faust_state.expected(consumer)
         tps = [tp for tp in consumer.assignment() if tp.topic in STREAM_TOPICS and tp in expected]
         if not tps:
             return
@@ -1017,7 +1018,7 @@ def create_app(settings: Settings) -> faust.App:
                     continue
             else:
                 lost_since.pop(tp, None)
-            if want is None or ends[tp] <= want or tp in consumer._paused_partitions:
+            if want is None or ends[tp] <= want or tp in faust_state.paused(consumer):
                 stuck_since.pop(tp, None)
                 continue
             seen = stuck_since.get(tp)
@@ -1027,8 +1028,7 @@ def create_app(settings: Settings) -> faust.App:
                 idle = now - seen[1]
                 log.warning("%s: no record delivered from offset %d for %.0f s; reading it again", tp, want, idle)
                 metrics.unstuck.labels(tp.topic).inc()
-                if consumer._active_partitions is not None:
-                    consumer._active_partitions.add(tp)
+                faust_state.fetch(consumer, tp)
                 await consumer.seek(tp, want)
                 stuck_since[tp] = (want, now)
 
@@ -1052,7 +1052,7 @@ def create_app(settings: Settings) -> faust.App:
         if not tps:
             return
         lag: dict[str, int] = {}
-        committed = getattr(app.consumer, "_committed_offset", {})
+        committed = faust_state.committed(app.consumer)
         for tp, high in (await app.consumer.highwaters(*tps)).items():
             done = processed.get((tp.topic, tp.partition))
             # before this worker has read from a partition: its group's committed offset

@@ -11,7 +11,7 @@ import faust
 from faust.types import TP
 
 from ripple.metrics import WorkerMetrics
-from streams import ordering
+from streams import faust_state, ordering
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ripple.worker")
@@ -75,14 +75,9 @@ class OrderedInput:
         """A partition waited for ``max_task_idle`` goes back into the consumer's fetch set
         if Faust took it out (its queue's pressure, a rebalance's leftovers); one this
         input paused has records buffered, so it is never waited for."""
-        consumer: Any = self.app.consumer
         tp = TP(topic, partition)
-        consumer.on_buffer_drop(tp)
-        active = consumer._active_partitions
-        if active is not None and tp not in active and tp not in consumer._paused_partitions:
-            if tp in consumer.assignment():
-                log.info("%s: waited for %.0f s; fetching it again", tp, self.max_idle_s)
-                active.add(tp)
+        if faust_state.fetch(self.app.consumer, tp):
+            log.info("%s: waited for %.0f s; fetching it again", tp, self.max_idle_s)
 
     def _lagging(self, topic: str, partition: int, next_offset: int | None) -> bool:
         """Whether Kafka holds records of the partition not delivered yet (the high
@@ -100,7 +95,7 @@ class OrderedInput:
         except Exception:  # not assigned (any more): nothing to wait for
             return False
         if next_offset is None:
-            next_offset = getattr(consumer, "_ripple_base", {}).get(tp)
+            next_offset = faust_state.base(consumer).get(tp)
         if high is None or high < 0:
             return True  # not fetched yet
         if next_offset is None or next_offset < high:
