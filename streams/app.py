@@ -160,14 +160,7 @@ def create_app(settings: Settings) -> faust.App:
     # Outputs and changelog records go through librdkafka (see streams.outbound); Faust
     # flushes its own producer before it commits offsets, and now this one too.
     outbound = Outbound(producer_config(settings))
-    faust_producer: Any = app.producer
-    faust_flush = faust_producer.flush
-
-    async def flush_producers() -> None:
-        await faust_flush()
-        await outbound.flush()
-
-    faust_producer.flush = flush_producers
+    faust_fixes.flush_before_commit(app, outbound.flush)
 
     class Outbox:
         """What one batch sends, sent when the batch ends: one message per topic and partition.

@@ -1,5 +1,8 @@
 """Fixes to faust-streaming 0.15: never skip a message of a stream topic; recover tables
-up to the true end of their changelogs (:func:`install_recovery_ends`).
+up to the true end of their changelogs (:func:`install_recovery_ends`); flush the worker's
+own producer before a commit (:func:`flush_before_commit`); fetches that wait at most the
+configured time (:func:`install_fetch_wait`). Reads of Faust's private state are in
+:mod:`streams.faust_state`.
 
 After a rebalance the consumer seeks to the committed offsets, but records fetched from a
 later position can still arrive first. Faust then records the missing range as a "gap"
@@ -193,6 +196,27 @@ def install(compacted_topics: tuple[str, ...]) -> None:
     cls.perform_seek = perform_seek
     cls.seek = seek
     cls._drain_messages = _drain_messages
+
+
+def no_queue_pressure(stream: Any) -> None:
+    """Faust stops fetching a partition whose record finds ``stream``'s queue under pressure
+    (see ``streams.ordered_input.OrderedInput.attach``): not for this stream. The queue
+    still holds at most ``stream_buffer_maxsize`` records (a full queue makes the fetcher wait)."""
+    stream.channel.queue.in_pressure_high_state = lambda _callback: False
+
+
+def flush_before_commit(app: Any, flush: Callable[[], Awaitable[None]]) -> None:
+    """Faust flushes its producer before it commits offsets: have it flush ``flush`` (the
+    worker's own producer of outputs and changelog records) too, so no offset is committed
+    before what its records produced is in the broker."""
+    producer: Any = app.producer
+    faust_flush = producer.flush
+
+    async def flush_both() -> None:
+        await faust_flush()
+        await flush()
+
+    producer.flush = flush_both
 
 
 #: set by the app: end offsets that count every record of a partition's last batch

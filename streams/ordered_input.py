@@ -11,7 +11,7 @@ import faust
 from faust.types import TP
 
 from ripple.metrics import WorkerMetrics
-from streams import faust_state, ordering
+from streams import faust_fixes, faust_state, ordering
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ripple.worker")
@@ -69,7 +69,7 @@ class OrderedInput:
         (``buffered.records.per.partition``), as ``regulate`` does; the queue still holds at
         most ``stream_buffer_maxsize`` records (a full queue makes the fetcher wait)."""
         self.stream = stream
-        stream.channel.queue.in_pressure_high_state = lambda _callback: False
+        faust_fixes.no_queue_pressure(stream)
 
     def _fetch_again(self, topic: str, partition: int) -> None:
         """A partition waited for ``max_task_idle`` goes back into the consumer's fetch set
