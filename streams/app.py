@@ -36,9 +36,10 @@ from streams import attribution as attr
 from streams import chains, faust_fixes, faust_state, fraud, lineage, ordering
 from streams import commission as comm
 from streams import referrer as referrer_logic
+from streams.batch import Outbox, keyed_records
 from streams.events import Rejected, decode, message_time
 from streams.ordered_input import OrderedInput
-from streams.outbound import Outbound, Record, producer_config
+from streams.outbound import Outbound, producer_config
 from streams.reference import ReferenceData
 from streams.reference_reader import ReferenceReader
 
@@ -52,31 +53,6 @@ STREAM_TOPICS = frozenset({*COPARTITIONED_TOPICS, "refunds", *INTERNAL_TOPICS})
 STUCK_S = 15.0
 #: how often a task waiting for a lagging input checks whether its wait is over
 IDLE_CHECK_S = 0.05
-#: an outgoing message holds records up to about this many bytes (brokers refuse 1 MB by default)
-CHUNK_BYTES = 256 * 1024
-
-
-def _chunks(records: list[tuple[str, bytes]]) -> Iterable[list[tuple[str, bytes]]]:
-    chunk: list[tuple[str, bytes]] = []
-    size = 0
-    for record in records:
-        if chunk and size + len(record[1]) > CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(record)
-        size += len(record[1]) + len(record[0]) + 8
-    if chunk:
-        yield chunk
-
-
-def keyed_records(msg: Any) -> list[tuple[str, Any]]:
-    """The (key, record) pairs of a message of an internal topic: ``[[key, record], ...]``,
-    or one record (or an array of records) of the message's key."""
-    value = orjson.loads(msg.value)
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        return [(key, record) for key, record in value]
-    key = msg.key.decode()
-    return [(key, record) for record in (value if isinstance(value, list) else [value])]
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -162,85 +138,8 @@ def create_app(settings: Settings) -> faust.App:
     outbound = Outbound(producer_config(settings))
     faust_fixes.flush_before_commit(app, outbound.flush)
 
-    class Outbox:
-        """What one batch sends, sent when the batch ends: one message per topic and partition.
-
-        The cost of producing is per message, so records are grouped: internal topics
-        (between the worker's agents) carry ``[[key, record], ...]`` in the partition of
-        their keys (the partition that holds each key's state downstream), output topics
-        a JSON array of rows (the sink needs no key). State changes go to the tables'
-        changelogs in the same flush, once the broker has the outputs. The batch's input
-        offsets count as processed only once its outputs are with the producer, which is
-        what :class:`Settled` relies on."""
-
-        def __init__(self) -> None:
-            self.records: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
-            self.changes: list[tuple[str, int, bytes, bytes]] = []  # changelog topic, partition, key, value
-            self.offsets: dict[tuple[str, int], int] = {}
-            self.acks: list[tuple[Any, Any]] = []  # (stream, event) to acknowledge after the flush
-
-        def read(self, msg: Any) -> None:
-            self.offsets[(msg.topic, msg.partition)] = msg.offset
-
-        def finish(self, source: OrderedInput, event: Any) -> None:
-            """An ordered input's message is handled: processed, and acknowledged once what
-            the batch produced is with the producer."""
-            self.read(event.message)
-            self.acks.append((source.stream, event))
-
-        def add(self, topic: str, key: str, value: Any) -> None:
-            partition = partition_of(key, settings.partitions)
-            self.records.setdefault((topic, partition), []).append((key, orjson.dumps(value)))
-
-        def emit(self, outputs: Iterable[referrer_logic.Output]) -> None:
-            for topic, key, value in outputs:
-                self.add(topic, key, value)
-
-        def put(self, table: Any, partition: int, key: str, value: Any) -> None:
-            """Set a key of a state table; its changelog record goes with the batch's outputs.
-
-            An explicit partition: a key's state lives in the changelog partition of the
-            input partition that holds the key, whatever the batch's last event was."""
-            kb = key.encode()
-            if value is None:
-                # No tombstone: the embedded broker hands a null value back as empty bytes,
-                # which the JSON changelog cannot decode on recovery. 0 reads as "no state".
-                if table.data.pop(kb, None):
-                    self.changes.append((changelog_names[id(table)], partition, kb, b"0"))
-            else:
-                table.data[kb] = value
-                self.changes.append((changelog_names[id(table)], partition, kb, orjson.dumps(value)))
-
-        async def flush(self) -> None:
-            outputs: list[Record] = []
-            for (name, partition), records in self.records.items():
-                internal = name in INTERNAL_TOPICS
-                for chunk in _chunks(records):
-                    key = chunk[0][0].encode()
-                    if internal:
-                        parts = [b"[" + orjson.dumps(k) + b"," + v + b"]" for k, v in chunk]
-                        outputs.append((name, b"[" + b",".join(parts) + b"]", key, partition))
-                    else:  # the partition of the first row's key: any partition suits the sink
-                        value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
-                        outputs.append((name, value, key, None))
-                metrics.rows_out.labels(name).inc(len(records))
-            if outputs:
-                sent = await outbound.send(outputs)
-                if self.changes:
-                    # A key's new state is saved only once what the batch sent is in the broker:
-                    # a crash in between must not leave a state that says "sent" (a flood
-                    # verdict, a claim) beside outputs that never arrived. Read again after a
-                    # restart, the batch meets the old state and sends the same records again.
-                    await outbound.wait([sent])
-            if self.changes:
-                await outbound.send((topic, value, kb, partition) for topic, partition, kb, value in self.changes)
-            self.records.clear()
-            self.changes.clear()
-            processed.update(self.offsets)
-            self.offsets.clear()
-            for stream, event in self.acks:
-                await stream.ack(event)
-            self.acks.clear()
+    def new_box() -> Outbox:
+        return Outbox(settings.partitions, outbound, metrics, changelog_names, processed)
 
     async def dead_letter(topic: str, partition: int, offset: int, bad: Iterable[Rejected]) -> None:
         for r in bad:
@@ -289,7 +188,7 @@ def create_app(settings: Settings) -> faust.App:
         try:
             stage[name] = ("waiting for its lock", time.time(), len(events))
             async with lock or contextlib.nullcontext():
-                box = Outbox()
+                box = new_box()
                 stage[name] = ("handling", time.time(), len(events))
                 await handler(events, box)
                 stage[name] = ("flushing", time.time(), len(events))
@@ -727,7 +626,7 @@ def create_app(settings: Settings) -> faust.App:
         if not await settled_now():
             return
         async with referrer_lock:
-            box = Outbox()
+            box = new_box()
             release_settled(box)
             await box.flush()
 

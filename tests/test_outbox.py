@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import orjson
 
 from ripple.bench import hot_spots
-from streams.app import CHUNK_BYTES, _chunks, keyed_records
+from streams.batch import CHUNK_BYTES, _chunks, keyed_records
 
 
 @dataclass
