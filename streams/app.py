@@ -36,7 +36,7 @@ from streams import attribution as attr
 from streams import chains, faust_fixes, faust_state, fraud, lineage, ordering
 from streams import commission as comm
 from streams import referrer as referrer_logic
-from streams.batch import Outbox, keyed_records
+from streams.batch import Outbox, StreamClock, keyed_records
 from streams.events import Rejected, decode, message_time
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound, producer_config
@@ -46,7 +46,6 @@ from streams.reference_reader import ReferenceReader
 log = logging.getLogger("ripple.worker")
 
 APP_ID = "ripple"
-STREAM_TIME_KEY = "\x00stream_time"
 #: topics the worker's agents read (not changelogs, not the compacted reference topics)
 STREAM_TOPICS = frozenset({*COPARTITIONED_TOPICS, "refunds", *INTERNAL_TOPICS})
 #: how long a partition with records waiting may deliver nothing before it is read again
@@ -203,61 +202,6 @@ def create_app(settings: Settings) -> faust.App:
         """The state of ``key``: the copy this batch is changing, else the table's (or None)."""
         entry = touched.get(key)
         return entry[1] if entry else table.data.get(key.encode()) or None
-
-    class StreamClock:
-        """Stream time per partition number, and how far each input partition of the task
-        has been handled, kept in the agent's own table.
-
-        Both go to the changelog after the batch's state, in the same partition, from an
-        idempotent producer: a restored table holds exactly the effect of the events up to
-        the stored positions. The consumer's committed offsets trail them (Faust commits
-        every few seconds, a backlog's few seconds span hours of event time), so after a
-        crash the events between the two are read again: they are skipped, not taken as
-        late against a clock they already moved."""
-
-        def __init__(self, table: Any, name: str) -> None:
-            self.table = table
-            self.key = STREAM_TIME_KEY + name
-            self.times: dict[int, int] = {}
-            self.handled: dict[int, dict[str, list[int]]] = {}  # partition -> topic -> [offset, index]
-
-        def _load(self, partition: int) -> None:
-            stored = self.table.data.get(f"{self.key}:{partition}".encode())
-            if isinstance(stored, dict):
-                self.times[partition] = int(stored.get("t", 0))
-                self.handled[partition] = {t: list(pos) for t, pos in stored.get("at", {}).items()}
-            else:  # a number: stream time only (written before positions were kept)
-                self.times[partition] = int(stored) if stored is not None else 0
-                self.handled[partition] = {}
-
-        def get(self, partition: int) -> int:
-            if partition not in self.times:
-                self._load(partition)
-            return self.times[partition]
-
-        def replayed(self, topic: str, partition: int, position: list[int]) -> bool:
-            """Whether the event at ``position`` ([offset, index in its message]) was
-            handled already, its effect in the restored state."""
-            if partition not in self.handled:
-                self._load(partition)
-            done = self.handled[partition].get(topic)
-            return done is not None and position <= done
-
-        def advance(self, partition: int, topic: str, position: list[int], ts: int | None = None) -> None:
-            """The event at ``position`` is handled; an event's ``ts`` moves stream time
-            (a flood verdict's does not: it speaks of a click already counted)."""
-            self.times[partition] = self.get(partition) if ts is None else max(self.get(partition), ts)
-            self.handled[partition][topic] = position
-
-        def persist(self, partitions: Iterable[int], box: Outbox) -> None:
-            for p in set(partitions):
-                value = {"t": self.times[p], "at": self.handled[p]}
-                box.put(self.table, p, f"{self.key}:{p}", value)
-
-        def forget(self) -> None:
-            """The table was recovered for a new assignment: read it again."""
-            self.times.clear()
-            self.handled.clear()
 
     visitor_clock = StreamClock(visitor_state, "visitors")
     order_clock = StreamClock(order_state, "orders")
