@@ -33,10 +33,11 @@ from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPIC
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams import attribution as attr
-from streams import chains, faust_fixes, faust_state, fraud, lineage, ordering
 from streams import commission as comm
+from streams import faust_fixes, faust_state, fraud, lineage, ordering
 from streams import referrer as referrer_logic
-from streams.batch import Outbox, StreamClock, keyed_records
+from streams.agents import chains as chain_agent_logic
+from streams.batch import Outbox, StreamClock, held, keyed_records
 from streams.events import Rejected, decode, message_time
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound, producer_config
@@ -198,11 +199,6 @@ def create_app(settings: Settings) -> faust.App:
             log.exception("unexpected error in a batch; exiting so it is read again after a restart")
             logging.shutdown()
             os._exit(70)
-
-    def held(touched: dict[str, tuple[int, Any]], table: Any, key: str) -> Any:
-        """The state of ``key``: the copy this batch is changing, else the table's (or None)."""
-        entry = touched.get(key)
-        return entry[1] if entry else table.data.get(key.encode()) or None
 
     visitor_clock = StreamClock(visitor_state, "visitors")
     order_clock = StreamClock(order_state, "orders")
@@ -561,33 +557,11 @@ def create_app(settings: Settings) -> faust.App:
             await guarded(handle_chain_batch, events)
 
     async def handle_chain_batch(events: list[Any], box: Outbox) -> None:
-        touched: dict[str, tuple[int, dict[str, Any]]] = {}
+        updates: list[tuple[int, str, dict[str, Any]]] = []
         for ev in events:
-            msg = ev.message
-            box.read(msg)
-            for root, one in keyed_records(msg):
-                chain, crossed = chains.apply(held(touched, chain_state, root), one)
-                assert chain is not None
-                touched[root] = (msg.partition, chain)
-                if not crossed:
-                    continue
-                s = chains.summary(chain)
-                box.emit(
-                    [
-                        referrer_logic.alert(
-                            "viral_chain",
-                            "info",
-                            root,
-                            chain["updated"],
-                            {k: s[k] for k in ("nodes", "depth", "k_by_generation", "structural_virality")},
-                            root,
-                        )
-                    ]
-                )
-        for root, (partition, chain) in touched.items():
-            chain["seq"] = chain.get("seq", 0) + 1
-            box.add("chains", root, {**chains.summary(chain), "version": chain["seq"]})
-            box.put(chain_state, partition, root, chain)
+            box.read(ev.message)
+            updates.extend((ev.message.partition, root, one) for root, one in keyed_records(ev.message))
+        chain_agent_logic.handle(updates, chain_state, box)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
     # Refunds and commission terms are taken in event-time order per task, as the visitors'

@@ -46,6 +46,12 @@ def keyed_records(msg: Any) -> list[tuple[str, Any]]:
     return [(key, record) for record in (value if isinstance(value, list) else [value])]
 
 
+def held(touched: dict[str, tuple[int, Any]], table: Any, key: str) -> Any:
+    """The state of ``key``: the copy this batch is changing, else the table's (or None)."""
+    entry = touched.get(key)
+    return entry[1] if entry else table.data.get(key.encode()) or None
+
+
 class Outbox:
     """What one batch sends, sent when the batch ends: one message per topic and partition.
 
