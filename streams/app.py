@@ -36,8 +36,10 @@ from streams import attribution as attr
 from streams import commission as comm
 from streams import faust_fixes, faust_state, fraud, lineage, ordering
 from streams import referrer as referrer_logic
+from streams.agents import alerts as alert_agent_logic
 from streams.agents import chains as chain_agent_logic
-from streams.batch import Outbox, StreamClock, held, keyed_records
+from streams.agents import floods as flood_agent_logic
+from streams.batch import Outbox, StreamClock, held, keyed_records, keyed_updates
 from streams.events import Rejected, decode, message_time
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound, producer_config
@@ -390,29 +392,7 @@ def create_app(settings: Settings) -> faust.App:
             await guarded(handle_flood_batch, events)
 
     async def handle_flood_batch(events: list[Any], box: Outbox) -> None:
-        touched: dict[str, tuple[int, dict[str, Any]]] = {}
-        for ev in events:
-            msg = ev.message
-            box.read(msg)
-            for key, click in keyed_records(msg):
-                state = held(touched, flood_state, key) or {}
-                touched[key] = (msg.partition, state)
-                flooded = fraud.flood_add(state, click["ts"], click["event_id"], click["visitor_id"], rules)
-                for ts, event_id, visitor in flooded:
-                    verdict = {"visitor_id": visitor, "event_id": event_id, "ts": ts, "rule": "click_flood"}
-                    box.add("ripple-blocks", visitor, verdict)
-                if flooded:
-                    evidence = {
-                        "ip_hash": click["ip_hash"],
-                        "clicks": len(state["f"]),
-                        "window_ms": rules.flood_window_ms,
-                        "max_clicks": rules.flood_max_clicks,
-                        "click_event_ids": [c[1] for c in flooded[:20]],
-                    }
-                    referrer_id = click["referrer_id"]
-                    box.emit([referrer_logic.alert("click_flood", "high", key, click["ts"], evidence, referrer_id)])
-        for key, (partition, state) in touched.items():
-            box.put(flood_state, partition, key, state)
+        flood_agent_logic.handle(keyed_updates(events, box), flood_state, box, rules)
 
     # -- alert candidates -> one alert per rule, subject and cool-down period ----------
     @app.agent(alert_candidates_topic, name="alerts")
@@ -421,19 +401,8 @@ def create_app(settings: Settings) -> faust.App:
             await guarded(handle_alert_batch, events)
 
     async def handle_alert_batch(events: list[Any], box: Outbox) -> None:
-        touched: dict[str, tuple[int, dict[str, Any]]] = {}
-        for ev in events:
-            msg = ev.message
-            box.read(msg)
-            for key, cand in keyed_records(msg):
-                state = held(touched, alert_state, key) or {}
-                touched[key] = (msg.partition, state)
-                row = fraud.admit_alert(state, cand, rules)
-                if row is not None:
-                    metrics.alerts.labels(row["rule"], row["severity"]).inc()
-                    box.add("alerts", row["alert_id"], row)
-        for key, (partition, state) in touched.items():
-            box.put(alert_state, partition, key, state)
+        for row in alert_agent_logic.handle(keyed_updates(events, box), alert_state, box, rules):
+            metrics.alerts.labels(row["rule"], row["severity"]).inc()
 
     # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
     def plan_of(referrer_id: str) -> comm.Plan:
@@ -557,11 +526,7 @@ def create_app(settings: Settings) -> faust.App:
             await guarded(handle_chain_batch, events)
 
     async def handle_chain_batch(events: list[Any], box: Outbox) -> None:
-        updates: list[tuple[int, str, dict[str, Any]]] = []
-        for ev in events:
-            box.read(ev.message)
-            updates.extend((ev.message.partition, root, one) for root, one in keyed_records(ev.message))
-        chain_agent_logic.handle(updates, chain_state, box)
+        chain_agent_logic.handle(keyed_updates(events, box), chain_state, box)
 
     # -- orders: refunds + commission terms -> ledger ----------------------------------
     # Refunds and commission terms are taken in event-time order per task, as the visitors'

@@ -46,6 +46,16 @@ def keyed_records(msg: Any) -> list[tuple[str, Any]]:
     return [(key, record) for record in (value if isinstance(value, list) else [value])]
 
 
+def keyed_updates(events: Iterable[Any], box: Outbox) -> list[tuple[int, str, Any]]:
+    """The ``(partition, key, record)`` updates of a batch of internal-topic messages, in
+    order; each message counts as read in ``box``."""
+    updates: list[tuple[int, str, Any]] = []
+    for ev in events:
+        box.read(ev.message)
+        updates.extend((ev.message.partition, key, record) for key, record in keyed_records(ev.message))
+    return updates
+
+
 def held(touched: dict[str, tuple[int, Any]], table: Any, key: str) -> Any:
     """The state of ``key``: the copy this batch is changing, else the table's (or None)."""
     entry = touched.get(key)
