@@ -3,48 +3,20 @@ real Outbox whose producer is never flushed; what it would send is read from the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import faust
-import orjson
 import pytest
+from agent_kit import box_for, make_table, rows
 
-from ripple.metrics import WorkerMetrics
 from streams.agents import chains as chain_agent
-from streams.batch import Outbox
 from streams.outbound import Outbound
 
-PARTITIONS = 4
 ROOT = "cr-jane"
 
 
 @pytest.fixture
 def table() -> Any:
-    app = faust.App("agent-chains-test", broker="kafka://127.0.0.1:1", store="memory://")
-    return app.Table(
-        "chain_state",
-        default=None,
-        key_type=bytes,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-        partitions=PARTITIONS,
-    )
-
-
-@pytest.fixture
-def outbound() -> Iterator[Outbound]:
-    out = Outbound({"bootstrap.servers": "127.0.0.1:1"})  # never flushed: nothing is sent
-    yield out
-    out.close()
-
-
-def box_for(table: Any, outbound: Outbound) -> Outbox:
-    changelogs = {id(table): table.changelog_topic.get_topic_name()}
-    return Outbox(PARTITIONS, outbound, WorkerMetrics(), changelogs, {})
-
-
-def rows(box: Outbox, topic: str) -> list[dict[str, Any]]:
-    return [orjson.loads(v) for (t, _), records in box.records.items() if t == topic for _, v in records]
+    return make_table("chain_state")
 
 
 def node(node_id: str, parent: str, ts: int) -> dict[str, Any]:
@@ -58,7 +30,7 @@ def test_nodes_in_any_order_make_one_row_per_root_and_batch(table: Any, outbound
     (row,) = rows(box, "chains")
     assert (row["root_id"], row["nodes"], row["depth"], row["version"]) == (ROOT, 3, 2, 1)
     assert table.data[ROOT.encode()]["n"] == 3
-    assert [c[:2] for c in box.changes] == [("agent-chains-test-chain_state-changelog", 1)]
+    assert [c[:2] for c in box.changes] == [(table.changelog_topic.get_topic_name(), 1)]
 
     again = box_for(table, outbound)
     chain_agent.handle([(1, ROOT, node("c3", ROOT, 30))], table, again)

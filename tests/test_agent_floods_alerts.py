@@ -3,45 +3,18 @@ and an Outbox whose producer is never flushed, at the default fraud rules."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import faust
-import orjson
-import pytest
+from agent_kit import box_for, make_table, rows
 
-from ripple.metrics import WorkerMetrics
 from streams import fraud
 from streams import referrer as referrer_logic
 from streams.agents import alerts as alert_agent
 from streams.agents import floods as flood_agent
-from streams.batch import Outbox
 from streams.outbound import Outbound
 
-PARTITIONS = 4
 RULES = fraud.load_config()
 KEY = "h:ip1|cr-jane"
-
-
-def make_table(name: str) -> Any:
-    app = faust.App(f"agent-{name}-test", broker="kafka://127.0.0.1:1", store="memory://")
-    schema = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
-    return app.Table(name, default=None, key_type=bytes, schema=schema, partitions=PARTITIONS)
-
-
-@pytest.fixture
-def outbound() -> Iterator[Outbound]:
-    out = Outbound({"bootstrap.servers": "127.0.0.1:1"})  # never flushed: nothing is sent
-    yield out
-    out.close()
-
-
-def box_for(table: Any, outbound: Outbound) -> Outbox:
-    return Outbox(PARTITIONS, outbound, WorkerMetrics(), {id(table): table.changelog_topic.get_topic_name()}, {})
-
-
-def rows(box: Outbox, topic: str) -> list[dict[str, Any]]:
-    return [orjson.loads(v) for (t, _), records in box.records.items() if t == topic for _, v in records]
 
 
 def click(i: int, ts: int) -> dict[str, Any]:
