@@ -469,8 +469,6 @@ def create_app(settings: Settings) -> faust.App:
         pending_loaded.clear()
         visitor_clock.forget()
         order_clock.forget()
-        visitors_in.rebalanced()
-        ledger_in.rebalanced()
 
     # The referrer agent and the release timer change referrer_state; a flush waits for the
     # broker, so without this one's changelog record (a snapshot) could follow the other's.

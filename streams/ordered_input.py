@@ -53,8 +53,6 @@ class OrderedInput:
         self.resumed: dict[tuple[str, int], float] = {}
         self.max_idle_s = max_idle_s
         self.timeouts = 0
-        #: the generation being revoked, until the rebalance completes: its messages are stale
-        self.stale_generation: int | None = None
 
     def attach(self, stream: Any) -> None:
         """Read the agent's ``stream``. Its partitions stop fetching as ``regulate`` says, per
@@ -117,13 +115,11 @@ class OrderedInput:
         """Buffer one message's ``(ts, item)`` events; return the Faust events of messages
         that are done already (no event, nothing ahead of them on their partition)."""
         msg = event.message
-        if msg.generation_id != self.app.consumer_generation_id or msg.generation_id == self.stale_generation:
-            # fetched before a rebalance (the stream had it buffered, or a handler held it
-            # while the partitions were revoked, before the new generation was known): the
-            # consumer reads it again from the committed offset. Buffered, it would mark its
-            # offset as delivered, and the copy read again would be ignored as a duplicate —
-            # while the stale one could no longer be acknowledged: the group's commits stuck
-            # behind it for good.
+        if msg.generation_id != self.app.consumer_generation_id:
+            # fetched before a rebalance (the stream had it buffered): the consumer reads it
+            # again from the committed offset. One a handler held across the revocation can
+            # still come here before the new generation is known; the copy read again then
+            # replaces it, or is acknowledged as done (``TaskQueues.add``).
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
@@ -162,14 +158,8 @@ class OrderedInput:
             self.resumed.update(dict.fromkeys(self.paused - full, time.monotonic()))
         self.paused = full
 
-    def rebalanced(self) -> None:
-        """The new assignment is in place (its generation is the app's)."""
-        self.stale_generation = None
-
     def forget(self) -> None:
-        """After a rebalance the consumer reads again from the committed offsets; what was
-        fetched in the generation being revoked is stale."""
-        self.stale_generation = self.app.consumer_generation_id
+        """After a rebalance the consumer reads again from the committed offsets."""
         self.queues.forget()
         self.paused.clear()
         self.resumed.clear()

@@ -107,11 +107,20 @@ class TaskQueues:
     ) -> list[Message]:
         """Buffer one message's events (``(ts, event)`` in the message's order); return the
         messages that are done already (this one, when it holds no event and nothing is
-        ahead of it). A message delivered again (an offset already buffered) is ignored."""
+        ahead of it).
+
+        A message delivered again (an offset already delivered: the consumer read it again
+        after a seek) is not buffered twice. Still buffered, it takes the new ``token``
+        (the copy the consumer can acknowledge now); taken already, it is done: its events
+        were handled with the earlier copy, and the new copy is acknowledged with them."""
         tp = (topic, partition)
         expected = self.next_offset.get(tp)
         if expected is not None and offset < expected:
-            return []
+            for _, _, message in self._task(partition).queues[topic]:
+                if message.offset == offset:
+                    message.token = token
+                    return []
+            return [Message(topic, partition, offset, token)]
         self.next_offset[tp] = offset + 1
         queue = self._task(partition).queues[topic]
         message = Message(topic, partition, offset, token)

@@ -212,3 +212,28 @@ def test_any_fetch_interleaving_processes_a_backlog_in_time_order(
             fetched[topic] = offset + 1
         taken += [t.ts for t in q.take(0.0)]
     assert taken == sorted(views + clicks + orders)
+
+
+def test_a_message_read_again_while_buffered_takes_the_new_token() -> None:
+    # the consumer read it again after a seek: the copy it can acknowledge now is the new one
+    kafka = Kafka()
+    q = queues(kafka)
+    deliver(q, kafka, "views", 0, 10, 20)
+    kafka.ends[("orders", 0)] = 1  # the task waits: views stay buffered
+    assert q.take(0.0) == []
+    assert q.add("views", 0, 0, [(10, "views@10"), (20, "views@20")], "views:0 again") == []
+    kafka.ends[("orders", 0)] = 0
+    taken = q.take(0.0)
+    assert [(t.event, [m.token for m in t.done]) for t in taken] == [("views@10", []), ("views@20", ["views:0 again"])]
+
+
+def test_a_message_read_again_after_it_was_taken_is_done_at_once() -> None:
+    # its events were handled with the earlier copy (which may no longer be acknowledged):
+    # the new copy is acknowledged with them instead of waiting for good
+    kafka = Kafka()
+    q = queues(kafka)
+    deliver(q, kafka, "views", 0, 10)
+    assert order_of(q) == ["views@10"]
+    done = q.add("views", 0, 0, [(10, "views@10")], "views:0 again")
+    assert [m.token for m in done] == ["views:0 again"]
+    assert order_of(q) == []  # not handled twice
