@@ -117,9 +117,7 @@ class OrderedInput:
         msg = event.message
         if msg.generation_id != self.app.consumer_generation_id:
             # fetched before a rebalance (the stream had it buffered): the consumer reads it
-            # again from the committed offset. One a handler held across the revocation can
-            # still come here before the new generation is known; the copy read again then
-            # replaces it, or is acknowledged as done (``TaskQueues.add``).
+            # again from the committed offset
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]

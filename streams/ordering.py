@@ -90,8 +90,6 @@ class TaskQueues:
     tasks: dict[int, _Task] = field(default_factory=dict)
     #: the next offset expected per partition: what was delivered, plus one
     next_offset: dict[TopicPartition, int] = field(default_factory=dict)
-    #: per partition, the first of the offsets delivered since without a gap
-    first_offset: dict[TopicPartition, int] = field(default_factory=dict)
 
     @property
     def max_wait_s(self) -> float:
@@ -109,29 +107,11 @@ class TaskQueues:
     ) -> list[Message]:
         """Buffer one message's events (``(ts, event)`` in the message's order); return the
         messages that are done already (this one, when it holds no event and nothing is
-        ahead of it).
-
-        A message delivered again (an offset already delivered: the consumer read it again
-        after a seek) is not buffered twice. Still buffered, it takes the new ``token``
-        (the copy the consumer can acknowledge now); taken already, it is done: its events
-        were handled with the earlier copy, and the new copy is acknowledged with them.
-        An offset before those delivered without a gap was never seen: the consumer went back
-        further (a seek to the committed offset after it had delivered from a later one),
-        so the partition's buffer starts again from it (what it held comes again, and the
-        caller skips what it handled already)."""
+        ahead of it). A message delivered again (an offset already buffered) is ignored."""
         tp = (topic, partition)
         expected = self.next_offset.get(tp)
         if expected is not None and offset < expected:
-            if offset >= self.first_offset.get(tp, offset):
-                for _, _, message in self._task(partition).queues[topic]:
-                    if message.offset == offset:
-                        message.token = token
-                        return []
-                return [Message(topic, partition, offset, token)]
-            self.forget([tp])
-            expected = None
-        if expected is None or offset > expected:
-            self.first_offset[tp] = offset  # the start of the offsets delivered without a gap
+            return []
         self.next_offset[tp] = offset + 1
         queue = self._task(partition).queues[topic]
         message = Message(topic, partition, offset, token)
@@ -231,11 +211,9 @@ class TaskQueues:
         if partitions is None:
             self.tasks.clear()
             self.next_offset.clear()
-            self.first_offset.clear()
             return
         for topic, partition in partitions:
             self.next_offset.pop((topic, partition), None)
-            self.first_offset.pop((topic, partition), None)
             task = self.tasks.get(partition)
             if task is not None:
                 task.queues[topic].clear()
