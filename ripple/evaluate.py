@@ -52,7 +52,7 @@ class Scenario:
     start_ms: int = 1_767_225_600_000  # 2026-01-01
     #: messages per second sent: a storefront's pace keeps the topics close to event-time
     #: order (0: as fast as possible — a backlog, where a customer's place in a chain can be
-    #: fixed before a restatement moves its first order; see README, Viral chains)
+    #: fixed before a restatement moves its first order; see docs/chains.md)
     rate: float = 3000.0
 
 
