@@ -78,6 +78,18 @@ def is_late(ts: int, stream_time: int, w: Windows) -> bool:
     return ts < stream_time - w.max_lateness_ms
 
 
+def late_row(topic: str, event: dict[str, Any], stream_time: int, partition: int) -> dict[str, Any]:
+    """The late_events record of an event that arrived behind its task's stream time."""
+    return {
+        "topic": topic,
+        "event_id": event["event_id"],
+        "ts": event["ts"],
+        "stream_time": stream_time,
+        "lateness_ms": stream_time - event["ts"],
+        "partition": partition,
+    }
+
+
 def add_touch(state: State, touch: list[Any], stream_time: int, w: Windows) -> list[list[Any]]:
     """Store a touch; return the retained orders it restates (empty if late or duplicate)."""
     touches = state["t"]

@@ -1,11 +1,17 @@
 """What one batch of an agent sends: its outputs grouped into one message per topic and
 partition, its state changes after them, its input offsets and acknowledgements last
 (:class:`Outbox`); each task's stream time and handled positions (:class:`StreamClock`);
-and the grouping of records into messages both ways."""
+the grouping of records into messages both ways; running a batch so that a failure is
+read again, never acked (:class:`Guard`); and decoding raw input, dead-lettering what is
+invalid (:class:`Intake`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -13,9 +19,12 @@ import orjson
 from ripple.config import INTERNAL_TOPICS
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
+from streams.events import Rejected, decode, message_time
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound, Record
 from streams.referrer import Output
+
+log = logging.getLogger("ripple.worker")
 
 #: the key prefix of a task's stream clock in its agent's table
 STREAM_TIME_KEY = "\x00stream_time"
@@ -46,14 +55,20 @@ def keyed_records(msg: Any) -> list[tuple[str, Any]]:
     return [(key, record) for record in (value if isinstance(value, list) else [value])]
 
 
-def keyed_updates(events: Iterable[Any], box: Outbox) -> list[tuple[int, str, Any]]:
-    """The ``(partition, key, record)`` updates of a batch of internal-topic messages, in
-    order; each message counts as read in ``box``."""
-    updates: list[tuple[int, str, Any]] = []
+def topic_updates(events: Iterable[Any], box: Outbox) -> list[tuple[int, str, str, Any]]:
+    """The ``(partition, topic, key, record)`` updates of a batch of internal-topic
+    messages, in order; each message counts as read in ``box``."""
+    updates: list[tuple[int, str, str, Any]] = []
     for ev in events:
-        box.read(ev.message)
-        updates.extend((ev.message.partition, key, record) for key, record in keyed_records(ev.message))
+        msg = ev.message
+        box.read(msg)
+        updates.extend((msg.partition, msg.topic, key, record) for key, record in keyed_records(msg))
     return updates
+
+
+def keyed_updates(events: Iterable[Any], box: Outbox) -> list[tuple[int, str, Any]]:
+    """:func:`topic_updates` without the topic (an agent that reads one topic)."""
+    return [(partition, key, record) for partition, _, key, record in topic_updates(events, box)]
 
 
 def held(touched: dict[str, tuple[int, Any]], table: Any, key: str) -> Any:
@@ -211,3 +226,83 @@ class StreamClock:
         """The table was recovered for a new assignment: read it again."""
         self.times.clear()
         self.handled.clear()
+
+
+class Guard:
+    """Runs one batch of an agent and sends what it produced; on an unexpected error it
+    stops the process before anything is acked.
+
+    Faust acks the events of an agent that raises and restarts it, which would lose the
+    batch. Exiting instead leaves the batch uncommitted: the restarted worker reads it
+    again (every output is idempotent)."""
+
+    EXIT_CODE = 70
+
+    def __init__(self, new_box: Callable[[], Outbox]) -> None:
+        self.new_box = new_box
+        #: where each handler is, for ``kill -USR1``: (what it does, since when, events in its batch)
+        self.stage: dict[str, tuple[str, float, int]] = {}
+
+    def mark(self, name: str, label: str, events: int) -> None:
+        self.stage[name] = (label, time.time(), events)
+
+    async def __call__(
+        self, handler: Callable[[list[Any], Outbox], Awaitable[Any]], events: list[Any], lock: Any = None
+    ) -> None:
+        """``lock``: held from the first read of state to the last changelog record sent,
+        when a timer changes the same table."""
+        name = handler.__name__
+        try:
+            self.mark(name, "waiting for its lock", len(events))
+            async with lock or contextlib.nullcontext():
+                box = self.new_box()
+                self.mark(name, "handling", len(events))
+                await handler(events, box)
+                self.mark(name, "flushing", len(events))
+                await box.flush()
+            self.mark(name, "done; back in Faust's stream (ack, commit, next batch)", len(events))
+        except Exception:
+            log.exception("unexpected error in a batch; exiting so it is read again after a restart")
+            logging.shutdown()
+            os._exit(self.EXIT_CODE)
+
+
+class Intake:
+    """Decodes raw input messages: the valid events go on, each invalid one to the
+    dead-letter topic with where it came from and why (``send``: the topic's send)."""
+
+    def __init__(self, send: Callable[..., Awaitable[Any]], metrics: WorkerMetrics, max_future_ms: int) -> None:
+        self.send = send
+        self.metrics = metrics
+        self.max_future_ms = max_future_ms
+
+    async def dead_letter(self, topic: str, partition: int, offset: int, bad: Iterable[Rejected]) -> None:
+        for r in bad:
+            self.metrics.dead_letters.labels(topic).inc()
+            await self.send(
+                key=f"{topic}:{partition}:{offset}".encode(),
+                value=r.raw,
+                headers=[
+                    ("error", r.error.encode()),
+                    ("topic", topic.encode()),
+                    ("partition", str(partition).encode()),
+                    ("offset", str(offset).encode()),
+                    ("index", str(r.index).encode()),
+                ],
+            )
+
+    async def decode(self, msg: Any) -> list[dict[str, Any]]:
+        """A message's valid events; the invalid ones go to the dead-letter topic."""
+        self.metrics.messages_in.labels(msg.topic).inc()
+        now_ms = message_time(msg.timestamp * 1000, int(time.time() * 1000))  # Faust: seconds
+        good, bad = decode(msg.topic, msg.value, now_ms, self.max_future_ms)
+        if bad:
+            await self.dead_letter(msg.topic, msg.partition, msg.offset, bad)
+        self.metrics.events_in.labels(msg.topic).inc(len(good))
+        return good
+
+    async def decode_batch(self, events: list[Any], box: Outbox) -> None:
+        """Read a batch of messages only for its dead letters (the reference topics)."""
+        for ev in events:
+            box.read(ev.message)
+            await self.decode(ev.message)

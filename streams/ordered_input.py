@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -121,6 +122,24 @@ class OrderedInput:
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
+
+    async def receive(
+        self, events: list[Any], box: Any, items_of: Callable[[Any], Awaitable[list[tuple[int, Any]]]]
+    ) -> None:
+        """Buffer a batch of the stream's events, each message split by ``items_of``; a
+        message done already is acknowledged with ``box`` (an :class:`streams.batch.Outbox`)."""
+        for ev in events:
+            for done in self.add(ev, await items_of(ev.message)):
+                box.finish(self, done)
+
+    def taken(self, box: Any) -> list[Any]:
+        """The items that may be processed now, in order; the messages they complete are
+        acknowledged with ``box`` once it is flushed."""
+        taken = self.take()
+        for t in taken:
+            for done in t.done:
+                box.finish(self, done.token)
+        return [t.event for t in taken]
 
     def take(self) -> list[ordering.Taken]:
         now = time.monotonic()

@@ -38,6 +38,11 @@ class Context:
     followers_of: Callable[[str], int | None] = lambda _referrer: None
 
 
+#: fields of a credit row the referrer reads (the order's amount, the buyer and its hashed
+#: identities) that an attributions record does not carry
+CREDIT_ONLY = frozenset({"amount_minor", "customer_id", "identities"})
+
+
 def new_state() -> dict[str, Any]:
     return comm.new_book()
 
@@ -152,7 +157,7 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
                 "attributions",
                 row["order_id"],
                 {
-                    **row,
+                    **{k: v for k, v in row.items() if k not in CREDIT_ONLY},
                     "commission_minor": round(row["credit"] * row["amount_minor"] * rate),
                     "version": (row["version"] << 32) | seq,
                 },
