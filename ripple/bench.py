@@ -48,9 +48,10 @@ from typing import IO, Any
 import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.config import PLAINTEXT, SECURITY_VARIABLES, KafkaSecurity
+from ripple.config import SECURITY_VARIABLES
 from ripple.partitioner import partition_of
 from ripple.simulate import Dataset, SimConfig, generate, h, parse_inject, produce, producer_config
+from streams.kafka import PLAINTEXT, KafkaSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("views", "clicks", "orders", "refunds")

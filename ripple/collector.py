@@ -33,14 +33,7 @@ from aiohttp import web
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
-from ripple.config import (
-    COLLECTOR_SALT_MIN_LENGTH,
-    ConfigError,
-    Secret,
-    Settings,
-    collector_origins,
-    producer_properties,
-)
+from ripple.config import COLLECTOR_SALT_MIN_LENGTH, ConfigError, Settings, collector_origins
 from ripple.intake import (
     TOPICS,
     VISITOR_COOKIE,
@@ -64,6 +57,7 @@ from ripple.intake import (
 from ripple.metrics import CollectorMetrics
 from streams.events import decode, message_time, validate
 from streams.fraud import FraudConfig, is_bot, load_config
+from streams.kafka import Secret, producer_properties
 from streams.reference import Code, ReferenceData
 
 log = logging.getLogger("ripple.collector")

@@ -26,9 +26,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ripple.config import MAX_FUTURE_MS, Secret
 from ripple.partitioner import partition_of
-from streams.events import validate
+from streams.events import MAX_FUTURE_MS, validate
+from streams.kafka import Secret
 
 #: the ``type`` of an event and the topic it goes to (SPEC §2, §8)
 TOPICS = {"view": "views", "click": "clicks", "order": "orders", "refund": "refunds"}

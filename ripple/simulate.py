@@ -35,10 +35,11 @@ from typing import Any
 
 import orjson
 
-from ripple.config import DAY_MS, PLAINTEXT, KafkaSecurity, producer_properties
+from ripple.config import DAY_MS
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
+from streams.kafka import PLAINTEXT, KafkaSecurity, producer_properties
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000

@@ -24,12 +24,11 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
 
-from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams import attribution as attr
@@ -46,6 +45,10 @@ from streams.outbound import Outbound, producer_config
 from streams.reference import ReferenceData
 from streams.reference_reader import ReferenceReader
 from streams.settle import Settled
+from streams.topics import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS
+
+if TYPE_CHECKING:  # the settings are ripple's: streams never imports ripple.config
+    from ripple.config import Settings
 
 log = logging.getLogger("ripple.worker")
 

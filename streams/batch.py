@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 
-from ripple.config import INTERNAL_TOPICS
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound, Record
 from streams.referrer import Output
+from streams.topics import INTERNAL_TOPICS
 
 #: the key prefix of a task's stream clock in its agent's table
 STREAM_TIME_KEY = "\x00stream_time"

@@ -20,11 +20,14 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Producer
 
-from ripple.config import Settings, producer_properties
+from streams.kafka import producer_properties
+
+if TYPE_CHECKING:
+    from ripple.config import Settings
 
 log = logging.getLogger("ripple.worker")
 

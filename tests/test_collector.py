@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hostile import Generator, corpus
 
 from ripple.collector import load_salt, producer_config
-from ripple.config import ConfigError, Secret, collector_origins, load_settings
+from ripple.config import ConfigError, collector_origins, load_settings
 from ripple.intake import (
     CHUNK_BYTES,
     MAX_EVENT_BYTES,
@@ -42,6 +42,7 @@ from ripple.intake import (
 from ripple.partitioner import partition_for
 from ripple.simulate import SimConfig, generate
 from streams.events import decode, message_time, raw_identity, validate
+from streams.kafka import Secret
 
 DAY_MS = 86_400_000
 NOW = 1_767_225_600_000 + 30 * DAY_MS
