@@ -57,7 +57,7 @@ from ripple.intake import (
 from ripple.metrics import CollectorMetrics
 from streams.events import decode, message_time, validate
 from streams.fraud import FraudConfig, is_bot, load_config
-from streams.kafka import Secret, producer_properties
+from streams.kafka import Secret, producer_config
 from streams.reference import Code, ReferenceData
 
 log = logging.getLogger("ripple.collector")
@@ -218,18 +218,17 @@ class CodeBook:
 
 
 # -- the producer -----------------------------------------------------------------------------
-def producer_config(settings: Settings) -> dict[str, Any]:
-    assert settings.bootstrap is not None
+def producer_tuning(settings: Settings) -> dict[str, Any]:
+    """The collector's producer tuning, on top of :func:`streams.kafka.producer_config`."""
     # partitions are chosen here (murmur2, as the workers compute them); for any message
     # without one, the producer places it the same way
-    tuning = {
+    return {
         "linger.ms": settings.collector_linger_ms,
         "batch.size": 512 * 1024,
         "delivery.timeout.ms": 10_000,  # a request learns within this that the broker is not there
         "queue.buffering.max.kbytes": 64 * 1024,
         "logger": logging.getLogger("ripple.kafka"),
     }
-    return producer_properties(settings.bootstrap, settings.kafka, tuning)
 
 
 class Delivery:
@@ -238,7 +237,8 @@ class Delivery:
     callbacks."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-        self.producer = KafkaProducer(producer_config(settings))
+        assert settings.bootstrap is not None
+        self.producer = KafkaProducer(producer_config(settings.bootstrap, settings.kafka, producer_tuning(settings)))
         self.loop = loop
         self.partitions: dict[str, int] = {}
         self._stop = threading.Event()

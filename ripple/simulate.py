@@ -39,7 +39,7 @@ from ripple.config import DAY_MS
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
-from streams.kafka import PLAINTEXT, KafkaSecurity, producer_properties
+from streams.kafka import PLAINTEXT, KafkaSecurity, producer_config
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -1288,8 +1288,8 @@ def write_out(ds: Dataset, out: Path) -> None:
     (out / "ground_truth.json").write_bytes(orjson.dumps(ds.truth, option=orjson.OPT_INDENT_2))
 
 
-def producer_config(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    return producer_properties(bootstrap, security, {"linger.ms": 20, "batch.size": 1_000_000})
+#: the simulator's producer tuning, on top of :func:`streams.kafka.producer_config`
+PRODUCER_TUNING = {"linger.ms": 20, "batch.size": 1_000_000}
 
 
 def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, int], size: int) -> Iterator[Message]:
@@ -1335,7 +1335,7 @@ def produce(
     sends events as JSON arrays of up to that many per topic partition, as a collector does."""
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap, security))
+    producer = Producer(producer_config(bootstrap, security, PRODUCER_TUNING))
     if batch > 1:
         meta = producer.list_topics(timeout=10)
         counts = {name: len(t.partitions) for name, t in meta.topics.items() if t.partitions}

@@ -40,8 +40,9 @@ from streams.agents import chains as chain_agent_logic
 from streams.agents import floods as flood_agent_logic
 from streams.batch import Outbox, StreamClock, held, keyed_records, keyed_updates
 from streams.events import Rejected, decode, message_time
+from streams.kafka import producer_config
 from streams.ordered_input import OrderedInput
-from streams.outbound import Outbound, producer_config
+from streams.outbound import PRODUCER_TUNING, Outbound
 from streams.reference import ReferenceData
 from streams.reference_reader import ReferenceReader
 from streams.settle import Settled
@@ -141,7 +142,7 @@ def create_app(settings: Settings) -> faust.App:
 
     # Outputs and changelog records go through librdkafka (see streams.outbound); Faust
     # flushes its own producer before it commits offsets, and now this one too.
-    outbound = Outbound(producer_config(settings))
+    outbound = Outbound(producer_config(settings.bootstrap, settings.kafka, PRODUCER_TUNING))
     faust_fixes.flush_before_commit(app, outbound.flush)
 
     def new_box() -> Outbox:

@@ -1,6 +1,7 @@
 """The Kafka layer every Ripple client shares: how a client authenticates and encrypts
 (:class:`KafkaSecurity`, mapped once onto confluent-kafka, aiokafka and Faust) and the
-librdkafka properties of every producer (:func:`producer_properties`)."""
+librdkafka properties of every producer (:func:`producer_config`, each client's own tuning
+on top)."""
 
 from __future__ import annotations
 
@@ -112,7 +113,9 @@ class KafkaSecurity:
 PLAINTEXT = KafkaSecurity()
 
 
-def producer_properties(bootstrap: str, security: KafkaSecurity, tuning: Mapping[str, Any]) -> dict[str, Any]:
+def producer_config(
+    bootstrap: str, security: KafkaSecurity = PLAINTEXT, tuning: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """librdkafka properties of every Ripple producer, with its own ``tuning`` on top:
     idempotent (a retried send is written once, in order), every replica's ack, lz4, and
     keys placed with murmur2 as the workers compute partitions (librdkafka's default,
@@ -124,5 +127,5 @@ def producer_properties(bootstrap: str, security: KafkaSecurity, tuning: Mapping
         "acks": "all",
         "partitioner": "murmur2_random",
         "compression.type": "lz4",
-        **tuning,
+        **(tuning or {}),
     }

@@ -20,14 +20,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import KafkaError, Producer
-
-from streams.kafka import producer_properties
-
-if TYPE_CHECKING:
-    from ripple.config import Settings
 
 log = logging.getLogger("ripple.worker")
 
@@ -39,17 +34,15 @@ DELIVERY_TIMEOUT_S = 60.0
 Record = tuple[str, bytes, bytes, int | None]
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    assert settings.bootstrap is not None
-    tuning = {
-        "linger.ms": 5,
-        "batch.size": 1_048_576,
-        "queue.buffering.max.kbytes": 256 * 1024,
-        "queue.buffering.max.messages": 1_000_000,
-        "delivery.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
-        "logger": logging.getLogger("ripple.kafka"),
-    }
-    return producer_properties(settings.bootstrap, settings.kafka, tuning)
+#: the worker's producer tuning, on top of :func:`streams.kafka.producer_config`
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.size": 1_048_576,
+    "queue.buffering.max.kbytes": 256 * 1024,
+    "queue.buffering.max.messages": 1_000_000,
+    "delivery.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+    "logger": logging.getLogger("ripple.kafka"),
+}
 
 
 def _fatal(what: str) -> None:
