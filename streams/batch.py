@@ -13,7 +13,8 @@ import orjson
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams.ordered_input import OrderedInput
-from streams.outbound import Outbound, Record
+from streams.outbound import Outbound
+from streams.producer import Record
 from streams.referrer import Output
 from streams.topics import INTERNAL_TOPICS
 

@@ -1,7 +1,8 @@
 """The Kafka layer every Ripple client shares: how a client authenticates and encrypts
 (:class:`KafkaSecurity`, mapped once onto confluent-kafka, aiokafka and Faust) and the
 librdkafka properties of every producer (:func:`producer_config`, each client's own tuning
-on top)."""
+on top). The producer the worker and the collector send with is
+:class:`streams.producer.Producer` (apart, so that reading settings loads no Kafka client)."""
 
 from __future__ import annotations
 
