@@ -39,7 +39,7 @@ from ripple.config import DAY_MS
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
-from streams.kafka import PLAINTEXT, KafkaSecurity, producer_config
+from streams.kafka import PLAINTEXT, Arrays, KafkaSecurity, producer_config
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -1295,15 +1295,15 @@ PRODUCER_TUNING = {"linger.ms": 20, "batch.size": 1_000_000}
 def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, int], size: int) -> Iterator[Message]:
     """Group events as a collector does (SPEC §2): one JSON array per topic partition, at
     most ``size`` events, in their order. Reference topics and malformed messages go alone."""
-    groups: dict[tuple[str, int], list[Message]] = {}
+    arrays: Arrays[Message] = Arrays(max_items=size)
 
     def flush(key: tuple[str, int]) -> Iterator[Message]:
-        group = groups.pop(key, [])
-        if len(group) == 1:
-            yield group[0]
-        elif group:
-            events = [m.event for m in group]
-            yield Message(key[0], group[0].key, orjson.dumps(events), {"batch": events})
+        for group in arrays.pop(key):
+            if len(group) == 1:
+                yield group[0]
+            else:
+                events = [m.event for m in group]
+                yield Message(key[0], group[0].key, orjson.dumps(events), {"batch": events})
 
     for m in messages:
         count = partitions.get(m.topic)
@@ -1315,10 +1315,9 @@ def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, i
             yield from flush(key)
             yield m
             continue
-        groups.setdefault(key, []).append(m)
-        if len(groups[key]) >= size:
+        if arrays.add(key, m):
             yield from flush(key)
-    for key in list(groups):
+    for key in list(arrays.groups):
         yield from flush(key)
 
 

@@ -1,17 +1,18 @@
 """The Kafka layer every Ripple client shares: how a client authenticates and encrypts
 (:class:`KafkaSecurity`, mapped once onto confluent-kafka, aiokafka and Faust) and the
 librdkafka properties of every producer (:func:`producer_config`, each client's own tuning
-on top). The producer the worker and the collector send with is
+on top), and the grouping of records into one JSON array per topic partition
+(:class:`Arrays`). The producer the worker and the collector send with is
 :class:`streams.producer.Producer` (apart, so that reading settings loads no Kafka client)."""
 
 from __future__ import annotations
 
 import hmac
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 class Secret:
@@ -130,3 +131,81 @@ def producer_config(
         "compression.type": "lz4",
         **(tuning or {}),
     }
+
+
+T = TypeVar("T")
+#: (topic, partition)
+Place = tuple[str, int]
+_ONE: Place = ("", -1)
+
+
+def _nothing(_: Any) -> int:
+    return 0
+
+
+def json_array(values: Iterable[bytes]) -> bytes:
+    """JSON values, each already serialized, as one JSON array."""
+    return b"[" + b",".join(values) + b"]"
+
+
+class Arrays(Generic[T]):
+    """Items grouped per topic partition, in the order they come, each group cut into runs:
+    one run, one message (a JSON array), as the collector, the simulator and the worker
+    send events and records. A run ends before an item whose ``size`` would take it over
+    ``max_bytes`` (counting ``framing`` and the ``size`` and ``overhead`` of each item in
+    it), or once it holds ``max_items``; an item over the limit goes alone. 0: no limit."""
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 0,
+        max_items: int = 0,
+        size: Callable[[T], int] = _nothing,
+        overhead: Callable[[T], int] = _nothing,
+        framing: int = 0,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self.size = size
+        self.overhead = overhead
+        self.framing = framing
+        self.groups: dict[Place, list[list[T]]] = {}  # its runs, the last one open
+        self._bytes: dict[Place, int] = {}  # of the open run
+
+    def add(self, place: Place, item: T) -> bool:
+        """Add ``item`` to its topic partition's open run; True once that run is full
+        (``max_items``), for a sender that sends a run as soon as it is."""
+        runs = self.groups.get(place)
+        if runs is None:
+            runs = self.groups[place] = [[]]
+            total = self.framing
+        else:
+            total = self._bytes[place]
+        run, n = runs[-1], self.size(item)
+        if run and ((self.max_bytes and total + n > self.max_bytes) or (self.max_items and len(run) >= self.max_items)):
+            run = []
+            runs.append(run)
+            total = self.framing
+        run.append(item)
+        self._bytes[place] = total + n + self.overhead(item)
+        return bool(self.max_items) and len(run) >= self.max_items
+
+    def pop(self, place: Place) -> list[list[T]]:
+        """The runs of one topic partition (none if it has no items), taken out."""
+        self._bytes.pop(place, None)
+        return self.groups.pop(place, [])
+
+    def drain(self) -> Iterator[tuple[Place, list[T]]]:
+        """Every run, taken out: topic partitions in the order their first item came, each
+        one's runs in order."""
+        groups = self.groups
+        self.groups, self._bytes = {}, {}
+        for place, runs in groups.items():
+            for run in runs:
+                yield place, run
+
+    def split(self, items: Iterable[T]) -> list[list[T]]:
+        """``items`` of one topic partition, cut into runs."""
+        for item in items:
+            self.add(_ONE, item)
+        return self.pop(_ONE)
