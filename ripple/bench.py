@@ -48,9 +48,10 @@ from typing import IO, Any
 import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.config import PLAINTEXT, SECURITY_VARIABLES, KafkaSecurity
+from ripple.config import SECURITY_VARIABLES
 from ripple.partitioner import partition_of
-from ripple.simulate import Dataset, SimConfig, generate, h, parse_inject, produce, producer_config
+from ripple.simulate import PRODUCER_TUNING, Dataset, SimConfig, generate, h, parse_inject, produce
+from streams.kafka import PLAINTEXT, KafkaSecurity, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("views", "clicks", "orders", "refunds")
@@ -796,7 +797,7 @@ class _LiveSender:
     def __init__(self, bootstrap: str, batch: int, partitions: int) -> None:
         from confluent_kafka import Producer
 
-        self.producer = Producer({**producer_config(bootstrap), "linger.ms": 5})
+        self.producer = Producer(producer_config(bootstrap, tuning={**PRODUCER_TUNING, "linger.ms": 5}))
         self.batch = batch
         self.partitions = partitions
         self.waiting: dict[tuple[str, int], tuple[float, bytes, list[bytes]]] = {}  # since, first key, values

@@ -31,16 +31,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka import Producer as KafkaProducer
 
-from ripple.config import (
-    COLLECTOR_SALT_MIN_LENGTH,
-    ConfigError,
-    Secret,
-    Settings,
-    collector_origins,
-    producer_properties,
-)
+from ripple.config import COLLECTOR_SALT_MIN_LENGTH, ConfigError, Settings, collector_origins
 from ripple.intake import (
     TOPICS,
     VISITOR_COOKIE,
@@ -64,6 +56,8 @@ from ripple.intake import (
 from ripple.metrics import CollectorMetrics
 from streams.events import decode, message_time, validate
 from streams.fraud import FraudConfig, is_bot, load_config
+from streams.kafka import Secret, producer_config
+from streams.producer import Producer, QueueFull
 from streams.reference import Code, ReferenceData
 
 log = logging.getLogger("ripple.collector")
@@ -224,49 +218,43 @@ class CodeBook:
 
 
 # -- the producer -----------------------------------------------------------------------------
-def producer_config(settings: Settings) -> dict[str, Any]:
-    assert settings.bootstrap is not None
+def producer_tuning(settings: Settings) -> dict[str, Any]:
+    """The collector's producer tuning, on top of :func:`streams.kafka.producer_config`."""
     # partitions are chosen here (murmur2, as the workers compute them); for any message
     # without one, the producer places it the same way
-    tuning = {
+    return {
         "linger.ms": settings.collector_linger_ms,
         "batch.size": 512 * 1024,
         "delivery.timeout.ms": 10_000,  # a request learns within this that the broker is not there
         "queue.buffering.max.kbytes": 64 * 1024,
         "logger": logging.getLogger("ripple.kafka"),
     }
-    return producer_properties(settings.bootstrap, settings.kafka, tuning)
 
 
 class Delivery:
-    """A confluent-kafka producer whose acknowledgements resolve asyncio futures: messages
-    are handed over on the event loop (never blocking), a thread serves the delivery
-    callbacks."""
+    """The collector's :class:`~streams.producer.Producer`, acknowledged per message: each
+    message's future ends with its acknowledgement or its error (a failure is the
+    request's, answered 503; the process goes on)."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-        self.producer = KafkaProducer(producer_config(settings))
+        assert settings.bootstrap is not None
+        config = producer_config(settings.bootstrap, settings.kafka, producer_tuning(settings))
+        self.producer = Producer(config, "collector-producer")
         self.loop = loop
         self.partitions: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="collector-producer", daemon=True)
 
     def start(self) -> None:
         self.refresh_partitions()
         missing = [t for t in TOPICS.values() if t not in self.partitions]
         if missing:
             raise CollectorError(f"topics {', '.join(missing)} do not exist: create the topics first")
-        self._thread.start()
 
     def refresh_partitions(self) -> None:
-        meta = self.producer.list_topics(timeout=10)
+        meta = self.producer.client().list_topics(timeout=10)
         for topic in TOPICS.values():
             info = meta.topics.get(topic)
             if info is not None and info.error is None and info.partitions:
                 self.partitions[topic] = len(info.partitions)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.1)
 
     async def send(self, message: Message) -> asyncio.Future[None]:
         """Hand one message to the producer; the future ends with its acknowledgement (or
@@ -285,22 +273,12 @@ class Delivery:
         def delivered(error: KafkaError | None, _: Any) -> None:
             self.loop.call_soon_threadsafe(settle, error)
 
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while True:
-            try:
-                self.producer.produce(
-                    message.topic,
-                    value=message.value,
-                    key=message.key,
-                    partition=message.partition,
-                    on_delivery=delivered,
-                )
-                return future
-            except BufferError:
-                if time.monotonic() > deadline:
-                    future.set_exception(RuntimeError("the producer's queue stayed full"))
-                    return future
-                await asyncio.sleep(0.01)
+        record = (message.topic, message.value, message.key, message.partition)
+        try:
+            await self.producer.produce([record], delivered, ACK_TIMEOUT_S)
+        except QueueFull:
+            future.set_exception(RuntimeError("the producer's queue stayed full"))
+        return future
 
     async def send_all(self, batch: list[Message], timeout: float = ACK_TIMEOUT_S) -> list[Message]:
         """Send every message; return those the broker did not acknowledge in time."""
@@ -317,15 +295,11 @@ class Delivery:
         return failed
 
     def queued(self) -> int:
-        return len(self.producer)
+        return self.producer.queued()
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is queued (for at most ``timeout`` seconds); return what was left."""
-        left = self.producer.flush(timeout)
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-        return int(left)
+        return self.producer.close(timeout)
 
 
 # -- the web application ------------------------------------------------------------------------

@@ -6,15 +6,16 @@ the Kafka SASL password) come only from the environment or from a file named by
 ``RIPPLE_<NAME>_FILE``, never from a flag (flags show in ``ps``), and are held as
 :class:`Secret`, whose ``repr`` hides the value.
 
-Kafka security is mapped to client options in one place, :class:`KafkaSecurity`: librdkafka
-properties for confluent-kafka, keyword arguments for aiokafka, credentials for Faust.
+Kafka security is mapped to client options in one place, :class:`streams.kafka.KafkaSecurity`:
+librdkafka properties for confluent-kafka, keyword arguments for aiokafka, credentials for
+Faust. This module depends on ``streams`` (the topic list, the Kafka layer, the engine's
+choices it checks), never the other way round.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import ipaddress
 import os
 import re
@@ -26,40 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from streams.events import MAX_FUTURE_MS
 from streams.fraud import FraudConfigError, load_config
+from streams.kafka import KafkaSecurity, Secret
 from streams.models import MODELS, POLICIES
-
-INPUT_TOPICS = ("views", "clicks", "orders", "refunds", "codes", "creators")
-#: Topics whose records are keyed by visitor and read together by one task.
-COPARTITIONED_TOPICS = ("views", "clicks", "orders")
-COMPACTED_TOPICS = ("codes", "creators")
-OUTPUT_TOPICS = (
-    "attributions",
-    "commission_ledger",
-    "conflicts",
-    "late_events",
-    "chain_nodes",
-    "chains",
-    "alerts",
-    "deadletter",
-)
-#: Worker-to-worker topics: credits and lineage claims keyed by referrer, commission terms
-#: keyed by order id, chain updates keyed by root.
-INTERNAL_TOPICS = (
-    "ripple-credits",
-    "ripple-lineage",
-    "ripple-commissions",
-    "ripple-chains",
-    "ripple-clicks",  # clicks keyed by ip and referrer, for the click-flood rule
-    "ripple-blocks",  # fraud verdicts on clicks, back to the visitor's key
-    "ripple-alerts",  # alert candidates keyed by rule and subject
-)
-
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
-#: how far ahead of its message's broker timestamp an event may be (SPEC §3.5)
-MAX_FUTURE_MS = 5 * MINUTE_MS
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -87,33 +61,6 @@ class ConfigError(ValueError):
     """A setting has a value Ripple cannot run with. The message is one line for the user."""
 
 
-class Secret:
-    """A password or token. Its value only through :meth:`get`; ``repr`` and ``str`` hide it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def matches(self, candidate: str) -> bool:
-        """Constant-time comparison with ``candidate``."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other.matches(self._value)
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password (``http://user:***@host:8123``), for messages and logs."""
     try:
@@ -124,95 +71,6 @@ def redact_dsn(dsn: str) -> str:
         return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
     except ValueError:
         return "<unparsable DSN>"
-
-
-@dataclass(frozen=True)
-class KafkaSecurity:
-    """How every Kafka client of Ripple authenticates and encrypts: the one mapping of the
-    ``RIPPLE_KAFKA_*`` settings onto confluent-kafka, aiokafka and Faust."""
-
-    protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: Secret | None = None
-    ssl_ca_file: Path | None = None
-
-    @property
-    def sasl(self) -> bool:
-        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
-
-    @property
-    def tls(self) -> bool:
-        return self.protocol in ("SSL", "SASL_SSL")
-
-    def confluent(self) -> dict[str, Any]:
-        """librdkafka properties for a confluent-kafka Producer, Consumer or AdminClient."""
-        config: dict[str, Any] = {"security.protocol": self.protocol.lower()}
-        if self.sasl:
-            assert self.sasl_username is not None and self.sasl_password is not None
-            config["sasl.mechanism"] = self.sasl_mechanism
-            config["sasl.username"] = self.sasl_username
-            config["sasl.password"] = self.sasl_password.get()
-        if self.tls:
-            config["enable.ssl.certificate.verification"] = True
-            config["ssl.endpoint.identification.algorithm"] = "https"  # the broker's name must match
-            if self.ssl_ca_file is not None:
-                config["ssl.ca.location"] = str(self.ssl_ca_file)
-        return config
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """A verifying TLS context (the CA file, else the system's CAs), or None without TLS."""
-        if not self.tls:
-            return None
-        cafile = str(self.ssl_ca_file) if self.ssl_ca_file is not None else None
-        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-
-    def aiokafka(self) -> dict[str, Any]:
-        """Keyword arguments for an aiokafka client (consumer, producer, admin)."""
-        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.sasl:
-            assert self.sasl_username is not None and self.sasl_password is not None
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.get()
-        if self.tls:
-            kwargs["ssl_context"] = self.ssl_context()
-        return kwargs
-
-    def faust_credentials(self) -> Any:
-        """Faust's ``broker_credentials``: SASL or SSL credentials, or None for PLAINTEXT."""
-        import faust
-
-        if self.sasl:
-            assert self.sasl_username is not None and self.sasl_password is not None
-            return faust.SASLCredentials(
-                username=self.sasl_username,
-                password=self.sasl_password.get(),
-                mechanism=self.sasl_mechanism,
-                ssl_context=self.ssl_context(),  # None: SASL_PLAINTEXT, else SASL_SSL
-            )
-        if self.tls:
-            return faust.SSLCredentials(self.ssl_context())
-        return None
-
-
-PLAINTEXT = KafkaSecurity()
-
-
-def producer_properties(bootstrap: str, security: KafkaSecurity, tuning: Mapping[str, Any]) -> dict[str, Any]:
-    """librdkafka properties of every Ripple producer, with its own ``tuning`` on top:
-    idempotent (a retried send is written once, in order), every replica's ack, lz4, and
-    keys placed with murmur2 as the workers compute partitions (librdkafka's default,
-    CRC32, would break co-partitioning)."""
-    return {
-        "bootstrap.servers": bootstrap,
-        **security.confluent(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-        "compression.type": "lz4",
-        **tuning,
-    }
 
 
 @dataclass(frozen=True, repr=False)

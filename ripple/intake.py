@@ -19,16 +19,16 @@ import hmac
 import ipaddress
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ripple.config import MAX_FUTURE_MS, Secret
 from ripple.partitioner import partition_of
-from streams.events import validate
+from streams.events import MAX_FUTURE_MS, validate
+from streams.kafka import Arrays, Secret, json_array
 
 #: the ``type`` of an event and the topic it goes to (SPEC §2, §8)
 TOPICS = {"view": "views", "click": "clicks", "order": "orders", "refund": "refunds"}
@@ -220,32 +220,23 @@ def messages(
     """Group events by (topic, partition of their key) and cut each group into JSON arrays
     of at most ``max_bytes`` (or one event, whatever its size) and ``max_events`` events,
     in request order."""
-    groups: dict[tuple[str, int], list[tuple[int, str, bytes]]] = {}
+    # a message's bytes: its brackets, and each event with its comma
+    arrays: Arrays[tuple[int, str, bytes]] = Arrays(
+        max_bytes=max_bytes, max_items=max_events, size=lambda item: len(item[2]) + 1, framing=2
+    )
     for index, topic, event in accepted:
         key = topic_key(topic, event)
-        partition = partition_of(key, partitions[topic])
-        groups.setdefault((topic, partition), []).append((index, key, orjson.dumps(event)))
-    out: list[Message] = []
-    for (topic, partition), group in groups.items():
-        for chunk in _chunks(group, max_bytes, max_events):
-            value = b"[" + b",".join(raw for _, _, raw in chunk) + b"]"
-            out.append(Message(topic, partition, chunk[0][1].encode(), value, tuple(i for i, _, _ in chunk)))
-    return out
-
-
-def _chunks(
-    group: list[tuple[int, str, bytes]], max_bytes: int, max_events: int
-) -> Iterator[list[tuple[int, str, bytes]]]:
-    chunk: list[tuple[int, str, bytes]] = []
-    size = 2
-    for item in group:
-        if chunk and (size + len(item[2]) + 1 > max_bytes or len(chunk) >= max_events):
-            yield chunk
-            chunk, size = [], 2
-        chunk.append(item)
-        size += len(item[2]) + 1
-    if chunk:
-        yield chunk
+        arrays.add((topic, partition_of(key, partitions[topic])), (index, key, orjson.dumps(event)))
+    return [
+        Message(
+            topic,
+            partition,
+            chunk[0][1].encode(),
+            json_array(raw for _, _, raw in chunk),
+            tuple(i for i, _, _ in chunk),
+        )
+        for (topic, partition), chunk in arrays.drain()
+    ]
 
 
 class IpHasher:

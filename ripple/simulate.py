@@ -35,10 +35,11 @@ from typing import Any
 
 import orjson
 
-from ripple.config import DAY_MS, PLAINTEXT, KafkaSecurity, producer_properties
+from ripple.config import DAY_MS
 from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
+from streams.kafka import PLAINTEXT, Arrays, KafkaSecurity, producer_config
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -1287,22 +1288,22 @@ def write_out(ds: Dataset, out: Path) -> None:
     (out / "ground_truth.json").write_bytes(orjson.dumps(ds.truth, option=orjson.OPT_INDENT_2))
 
 
-def producer_config(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    return producer_properties(bootstrap, security, {"linger.ms": 20, "batch.size": 1_000_000})
+#: the simulator's producer tuning, on top of :func:`streams.kafka.producer_config`
+PRODUCER_TUNING = {"linger.ms": 20, "batch.size": 1_000_000}
 
 
 def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, int], size: int) -> Iterator[Message]:
     """Group events as a collector does (SPEC §2): one JSON array per topic partition, at
     most ``size`` events, in their order. Reference topics and malformed messages go alone."""
-    groups: dict[tuple[str, int], list[Message]] = {}
+    arrays: Arrays[Message] = Arrays(max_items=size)
 
     def flush(key: tuple[str, int]) -> Iterator[Message]:
-        group = groups.pop(key, [])
-        if len(group) == 1:
-            yield group[0]
-        elif group:
-            events = [m.event for m in group]
-            yield Message(key[0], group[0].key, orjson.dumps(events), {"batch": events})
+        for group in arrays.pop(key):
+            if len(group) == 1:
+                yield group[0]
+            else:
+                events = [m.event for m in group]
+                yield Message(key[0], group[0].key, orjson.dumps(events), {"batch": events})
 
     for m in messages:
         count = partitions.get(m.topic)
@@ -1314,10 +1315,9 @@ def batched(messages: Iterator[Message] | list[Message], partitions: dict[str, i
             yield from flush(key)
             yield m
             continue
-        groups.setdefault(key, []).append(m)
-        if len(groups[key]) >= size:
+        if arrays.add(key, m):
             yield from flush(key)
-    for key in list(groups):
+    for key in list(arrays.groups):
         yield from flush(key)
 
 
@@ -1334,7 +1334,7 @@ def produce(
     sends events as JSON arrays of up to that many per topic partition, as a collector does."""
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap, security))
+    producer = Producer(producer_config(bootstrap, security, PRODUCER_TUNING))
     if batch > 1:
         meta = producer.list_topics(timeout=10)
         counts = {name: len(t.partitions) for name, t in meta.topics.items() if t.partitions}

@@ -16,10 +16,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from ripple.config import INPUT_TOPICS, OUTPUT_TOPICS, Settings
+from ripple.config import Settings
 from ripple.metrics import SinkMetrics
 from sinks.clickhouse import ClickHouse, ClickHouseUnavailable
 from sinks.tables import rows_for_message
+from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger("ripple.sink")
 

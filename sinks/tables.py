@@ -9,8 +9,7 @@ from typing import Any
 
 import orjson
 
-from ripple.config import MAX_FUTURE_MS
-from streams.events import decode, message_time
+from streams.events import MAX_FUTURE_MS, decode, message_time
 
 Row = tuple[Any, ...]
 

@@ -25,11 +25,10 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
-from ripple.config import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS, Settings
 from ripple.metrics import WorkerMetrics
 from streams import faust_fixes, fraud, health, watchdog
 from streams.agents import alerts as alert_agent_logic
@@ -39,11 +38,16 @@ from streams.agents import ledger as ledger_logic
 from streams.agents import referrers as referrer_agent_logic
 from streams.agents import visitors as visitor_logic
 from streams.batch import Guard, Intake, Outbox, StreamClock, keyed_records, keyed_updates, topic_updates
+from streams.kafka import producer_config
 from streams.ordered_input import OrderedInput
-from streams.outbound import Outbound, producer_config
+from streams.outbound import PRODUCER_TUNING, Outbound
 from streams.reference import ReferenceData
 from streams.reference_reader import ReferenceReader
 from streams.settle import Settled
+from streams.topics import COMPACTED_TOPICS, COPARTITIONED_TOPICS, INTERNAL_TOPICS
+
+if TYPE_CHECKING:  # the settings are ripple's: streams never imports ripple.config
+    from ripple.config import Settings
 
 log = logging.getLogger("ripple.worker")
 
@@ -125,7 +129,7 @@ def create_app(settings: Settings) -> faust.App:
 
     # Outputs and changelog records go through librdkafka (see streams.outbound); Faust
     # flushes its own producer before it commits offsets, and now this one too.
-    outbound = Outbound(producer_config(settings))
+    outbound = Outbound(producer_config(settings.bootstrap, settings.kafka, PRODUCER_TUNING))
     faust_fixes.flush_before_commit(app, outbound.flush)
 
     def new_box() -> Outbox:

@@ -16,13 +16,15 @@ from typing import Any
 
 import orjson
 
-from ripple.config import INTERNAL_TOPICS
 from ripple.metrics import WorkerMetrics
 from ripple.partitioner import partition_of
 from streams.events import Rejected, decode, message_time
+from streams.kafka import Arrays, json_array
 from streams.ordered_input import OrderedInput
-from streams.outbound import Outbound, Record
+from streams.outbound import Outbound
+from streams.producer import Record
 from streams.referrer import Output
+from streams.topics import INTERNAL_TOPICS
 
 log = logging.getLogger("ripple.worker")
 
@@ -32,17 +34,12 @@ STREAM_TIME_KEY = "\x00stream_time"
 CHUNK_BYTES = 256 * 1024
 
 
-def _chunks(records: list[tuple[str, bytes]]) -> Iterable[list[tuple[str, bytes]]]:
-    chunk: list[tuple[str, bytes]] = []
-    size = 0
-    for record in records:
-        if chunk and size + len(record[1]) > CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(record)
-        size += len(record[1]) + len(record[0]) + 8
-    if chunk:
-        yield chunk
+def _chunks(records: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """(key, value) records of one topic partition, cut into messages of about CHUNK_BYTES."""
+    arrays: Arrays[tuple[str, bytes]] = Arrays(
+        max_bytes=CHUNK_BYTES, size=lambda r: len(r[1]), overhead=lambda r: len(r[0]) + 8
+    )
+    return arrays.split(records)
 
 
 def keyed_records(msg: Any) -> list[tuple[str, Any]]:
@@ -148,9 +145,9 @@ class Outbox:
                 key = chunk[0][0].encode()
                 if internal:
                     parts = [b"[" + orjson.dumps(k) + b"," + v + b"]" for k, v in chunk]
-                    outputs.append((name, b"[" + b",".join(parts) + b"]", key, partition))
+                    outputs.append((name, json_array(parts), key, partition))
                 else:  # the partition of the first row's key: any partition suits the sink
-                    value = chunk[0][1] if len(chunk) == 1 else b"[" + b",".join(v for _, v in chunk) + b"]"
+                    value = chunk[0][1] if len(chunk) == 1 else json_array(v for _, v in chunk)
                     outputs.append((name, value, key, None))
             self.metrics.rows_out.labels(name).inc(len(records))
         if outputs:

@@ -23,8 +23,10 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from ripple.config import INPUT_TOPICS, MAX_FUTURE_MS
+from streams.topics import INPUT_TOPICS
 
+#: how far ahead of its message's broker timestamp an event may be (SPEC §3.5)
+MAX_FUTURE_MS = 5 * 60_000
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_BATCH_EVENTS = 10_000

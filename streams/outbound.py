@@ -18,13 +18,12 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
-from ripple.config import Settings, producer_properties
+from streams.producer import Producer, QueueFull, Record
 
 log = logging.getLogger("ripple.worker")
 
@@ -32,24 +31,19 @@ log = logging.getLogger("ripple.worker")
 #: worker exits (the broker is gone; a restart reads the batch again)
 DELIVERY_TIMEOUT_S = 60.0
 
-#: (topic, value, key, partition or None for the key's partition)
-Record = tuple[str, bytes, bytes, int | None]
+
+#: the worker's producer tuning, on top of :func:`streams.kafka.producer_config`
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.size": 1_048_576,
+    "queue.buffering.max.kbytes": 256 * 1024,
+    "queue.buffering.max.messages": 1_000_000,
+    "delivery.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+    "logger": logging.getLogger("ripple.kafka"),
+}
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    assert settings.bootstrap is not None
-    tuning = {
-        "linger.ms": 5,
-        "batch.size": 1_048_576,
-        "queue.buffering.max.kbytes": 256 * 1024,
-        "queue.buffering.max.messages": 1_000_000,
-        "delivery.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
-        "logger": logging.getLogger("ripple.kafka"),
-    }
-    return producer_properties(settings.bootstrap, settings.kafka, tuning)
-
-
-def _fatal(what: str) -> None:
+def _fatal(what: str) -> NoReturn:
     log.critical("%s; exiting so the batch is read again after a restart", what)
     logging.shutdown()
     os._exit(70)
@@ -99,55 +93,28 @@ class Outbound:
     handed over so far (Faust calls it before it commits offsets)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.producer: Producer | None = None  # made on first use: an app that never sends never connects
+        self.producer = Producer(config, "ripple-producer")  # connects on first use
         self.lock = threading.Lock()
         self.open: set[Ticket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="ripple-producer", daemon=True)
-
-    def _poll(self) -> None:
-        assert self.producer is not None
-        while not self._stop.is_set():
-            self.producer.poll(0.1)
 
     def close(self) -> None:
         """Stop serving callbacks and let the producer go (what was not acknowledged is lost:
         flush first). A worker never needs it: Faust flushes before it stops, then it exits."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self.producer = None
+        self.producer.close()
 
     async def send(self, records: Iterable[Record]) -> Ticket:
         """Hand records to the producer, in order; the ticket resolves once all are in the
         broker. Waits (without blocking the loop) while the producer's queue is full."""
-        if self._stop.is_set():
-            raise RuntimeError("the producer is closed")
-        if self.producer is None or self._loop is None:
-            self.producer = Producer(self.config)
+        self.producer.client()  # raises once closed
+        if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._thread.start()
         ticket = Ticket(self, self._loop)
         self.open.add(ticket)
-        produce, on_delivery = self.producer.produce, ticket.delivered
-        handed = 0
-        for topic, value, key, partition in records:
-            handed += 1
-            deadline = 0.0
-            while True:
-                try:
-                    if partition is None:
-                        produce(topic, value, key, on_delivery=on_delivery)
-                    else:
-                        produce(topic, value, key, partition, on_delivery=on_delivery)
-                    break
-                except BufferError:  # the queue is full: the broker is slow or gone
-                    deadline = deadline or time.monotonic() + DELIVERY_TIMEOUT_S
-                    if time.monotonic() > deadline:
-                        _fatal(f"the producer's queue stayed full for {DELIVERY_TIMEOUT_S:.0f} s")
-                    await asyncio.sleep(0.01)
+        try:
+            handed = await self.producer.produce(records, ticket.delivered, DELIVERY_TIMEOUT_S)
+        except QueueFull:  # the broker is slow or gone
+            _fatal(f"the producer's queue stayed full for {DELIVERY_TIMEOUT_S:.0f} s")
         ticket.seal(handed)
         return ticket
 

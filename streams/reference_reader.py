@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
-from ripple.config import PLAINTEXT, KafkaSecurity
 from streams.events import decode, message_time
+from streams.kafka import PLAINTEXT, KafkaSecurity
 from streams.reference import ReferenceData
 
 log = logging.getLogger("ripple.worker")

@@ -16,8 +16,8 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hostile import Generator, corpus
 
-from ripple.collector import load_salt, producer_config
-from ripple.config import ConfigError, Secret, collector_origins, load_settings
+from ripple.collector import load_salt, producer_tuning
+from ripple.config import ConfigError, collector_origins, load_settings
 from ripple.intake import (
     CHUNK_BYTES,
     MAX_EVENT_BYTES,
@@ -42,6 +42,7 @@ from ripple.intake import (
 from ripple.partitioner import partition_for
 from ripple.simulate import SimConfig, generate
 from streams.events import decode, message_time, raw_identity, validate
+from streams.kafka import Secret, producer_config
 
 DAY_MS = 86_400_000
 NOW = 1_767_225_600_000 + 30 * DAY_MS
@@ -411,7 +412,8 @@ def test_collector_settings_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_producer_is_idempotent_bounded_and_places_keys_with_murmur2() -> None:
-    config = producer_config(load_settings({}, bootstrap="127.0.0.1:9092"))
+    settings = load_settings({}, bootstrap="127.0.0.1:9092")
+    config = producer_config("127.0.0.1:9092", settings.kafka, producer_tuning(settings))
     assert config["enable.idempotence"] is True and config["acks"] == "all"
     assert config["partitioner"] == "murmur2_random"
     assert config["linger.ms"] == 5 and config["batch.size"] <= 1024 * 1024

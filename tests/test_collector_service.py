@@ -22,10 +22,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from stack import get, kill_all, spawn, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.config import Secret
 from ripple.intake import IpHasher, topic_key
 from ripple.partitioner import partition_for
 from streams.fraud import is_bot, load_config
+from streams.kafka import Secret
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from ripple.config import DAY_MS, INPUT_TOPICS
+from ripple.config import DAY_MS
 from ripple.simulate import SimConfig, generate
 from streams.events import (
     MAX_BATCH_EVENTS,
@@ -26,6 +26,7 @@ from streams.events import (
     message_time,
     validate,
 )
+from streams.topics import INPUT_TOPICS
 
 NOW = 1_767_225_600_000
 

@@ -22,8 +22,9 @@ from confluent_kafka import Producer
 from hostile import PREFIX, Generator, Hostile, corpus, count
 from stack import assert_paid_as_the_truth, get, running_stack, wait_for
 
-from ripple.simulate import Message, SimConfig, generate, parse_inject, producer_config
+from ripple.simulate import PRODUCER_TUNING, Message, SimConfig, generate, parse_inject
 from sinks.clickhouse import ClickHouse
+from streams.kafka import producer_config
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ class Sender:
     """Produces in order and keeps, from the delivery reports, where each message landed."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer(producer_config(bootstrap))
+        self.producer = Producer(producer_config(bootstrap, tuning=PRODUCER_TUNING))
         self.expected: dict[Slot, list[int]] = {}
         self.failures: list[str] = []
         self.sent = 0

@@ -16,7 +16,8 @@ from confluent_kafka import Consumer, TopicPartition
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.config import Settings
 from ripple.partitioner import partition_for
-from streams.outbound import Outbound, producer_config
+from streams.kafka import producer_config
+from streams.outbound import PRODUCER_TUNING, Outbound
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_tickets_resolve_once_the_broker_has_every_record_in_order(bootstrap: st
     n = 5000
 
     async def run() -> tuple[bool, bool, int]:
-        out = Outbound(producer_config(settings))
+        out = Outbound(producer_config(bootstrap, settings.kafka, PRODUCER_TUNING))
         first = await out.send(("ripple-credits", b"%d" % i, b"k%d" % (i % 7), i % 4) for i in range(n))
         # keyed without a partition: murmur2, as every producer of Ripple's topics places keys
         second = await out.send([("alerts", b"a%d" % i, b"key-%d" % i, None) for i in range(50)])
@@ -83,10 +84,10 @@ def test_a_record_the_broker_never_takes_stops_the_process() -> None:
     # before anything else could be committed (its batch is read again after a restart)
     code = f"""
 import asyncio, logging
-from ripple.config import Settings
-from streams.outbound import Outbound, producer_config
+from streams.kafka import producer_config
+from streams.outbound import PRODUCER_TUNING, Outbound
 logging.basicConfig(level=logging.INFO)
-config = {{**producer_config(Settings(bootstrap="127.0.0.1:{free_port()}")), "delivery.timeout.ms": 1500}}
+config = producer_config("127.0.0.1:{free_port()}", tuning={{**PRODUCER_TUNING, "delivery.timeout.ms": 1500}})
 
 async def main() -> None:
     out = Outbound(config)

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from ripple.config import INPUT_TOPICS
 from ripple.simulate import TIER_RATES, Dataset, SimConfig, generate, tier_of
 from streams.events import SCHEMA_DIR
+from streams.topics import INPUT_TOPICS
 
 START = 1_767_225_600_000
 

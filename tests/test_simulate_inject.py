@@ -14,7 +14,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from ripple.config import DAY_MS, INPUT_TOPICS
+from ripple.config import DAY_MS
 from ripple.simulate import (
     HOUR_MS,
     INJECT_TYPES,
@@ -27,6 +27,7 @@ from ripple.simulate import (
 )
 from streams import fraud
 from streams.events import SCHEMA_DIR
+from streams.topics import INPUT_TOPICS
 
 START = 1_767_225_600_000
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,6 @@ import orjson
 import pytest
 from agent_kit import box_for, make_table, rows, unsent
 
-from ripple.config import OUTPUT_TOPICS
 from ripple.simulate import SimConfig, generate, parse_inject
 from sinks.clickhouse import ClickHouse
 from sinks.tables import DEAD_LETTER_COLUMNS, JSON_TABLES, SPECS, rows_for_message
@@ -39,6 +38,7 @@ from streams.agents import alerts as alert_agent
 from streams.agents import chains as chain_agent
 from streams.agents import referrers as referrer_agent
 from streams.reference import ReferenceData
+from streams.topics import OUTPUT_TOPICS
 
 RULES = fraud.load_config()
 W = attr.Windows(

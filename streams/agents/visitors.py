@@ -8,15 +8,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ripple.config import Settings as RippleSettings
 from ripple.metrics import WorkerMetrics
 from streams import attribution as attr
 from streams import fraud
 from streams import referrer as referrer_logic
 from streams.batch import Outbox, StreamClock, held
 from streams.reference import ReferenceData
+
+if TYPE_CHECKING:  # the settings are ripple's: streams never imports ripple.config
+    from ripple.config import Settings as RippleSettings
 
 #: the topic of flood verdicts, one of the agent's ordered inputs
 BLOCKS = "ripple-blocks"
