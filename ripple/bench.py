@@ -49,9 +49,9 @@ import orjson
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.config import SECURITY_VARIABLES
-from ripple.partitioner import partition_of
 from ripple.simulate import PRODUCER_TUNING, Dataset, SimConfig, generate, h, parse_inject, produce
 from streams.kafka import PLAINTEXT, KafkaSecurity, producer_config
+from streams.partitioner import partition_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("views", "clicks", "orders", "refunds")

@@ -53,10 +53,10 @@ from ripple.intake import (
     visitor_id,
     with_param,
 )
-from ripple.metrics import CollectorMetrics
 from streams.events import decode, message_time, validate
 from streams.fraud import FraudConfig, is_bot, load_config
 from streams.kafka import Secret, producer_config
+from streams.metrics import CollectorMetrics
 from streams.producer import Producer, QueueFull
 from streams.reference import Code, ReferenceData
 

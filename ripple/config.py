@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
+from sinks.clickhouse import redact_dsn
 from streams.events import MAX_FUTURE_MS
 from streams.fraud import FraudConfigError, load_config
 from streams.kafka import KafkaSecurity, Secret
@@ -59,18 +60,6 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 
 class ConfigError(ValueError):
     """A setting has a value Ripple cannot run with. The message is one line for the user."""
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password (``http://user:***@host:8123``), for messages and logs."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        return "<unparsable DSN>"
 
 
 @dataclass(frozen=True, repr=False)

@@ -26,9 +26,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ripple.partitioner import partition_of
 from streams.events import MAX_FUTURE_MS, validate
 from streams.kafka import Arrays, Secret, json_array
+from streams.partitioner import partition_of
 
 #: the ``type`` of an event and the topic it goes to (SPEC §2, §8)
 TOPICS = {"view": "views", "click": "clicks", "order": "orders", "refund": "refunds"}

@@ -22,10 +22,10 @@ from ripple.broker import EmbeddedBroker, create_topics, die_with_parent, free_p
 from ripple.collector import DEFAULT_PORT as COLLECTOR_PORT
 from ripple.collector import CollectorError
 from ripple.config import Settings
-from ripple.metrics import SinkMetrics
 from ripple.web import OffsetMonitor, build_app, serve
 from sinks.clickhouse import ClickHouse
 from sinks.runner import SINK_GROUP, SINK_TOPICS, Sink
+from streams.metrics import SinkMetrics
 from streams.topics import INTERNAL_TOPICS
 
 log = logging.getLogger("ripple")

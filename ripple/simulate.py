@@ -36,10 +36,10 @@ from typing import Any
 import orjson
 
 from ripple.config import DAY_MS
-from ripple.partitioner import partition_for as murmur2_partition
 from streams import fraud
 from streams.fraud import FraudConfig
 from streams.kafka import PLAINTEXT, Arrays, KafkaSecurity, producer_config
+from streams.partitioner import partition_for as murmur2_partition
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000

@@ -19,9 +19,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from ripple import dashboard
-from ripple.metrics import SinkMetrics
 from sinks.clickhouse import ClickHouse
 from streams.kafka import PLAINTEXT, KafkaSecurity, Secret
+from streams.metrics import SinkMetrics
 from streams.topics import INPUT_TOPICS
 
 log = logging.getLogger("ripple.web")

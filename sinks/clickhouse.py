@@ -13,13 +13,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.insert import InsertContext
-
-from ripple.config import redact_dsn
 
 log = logging.getLogger("ripple.sink")
 
@@ -27,6 +25,18 @@ DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
 _DDL_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 #: a table name the sink inserts into (a name cannot be a query parameter: it is checked instead)
 _TABLE = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (``http://user:***@host:8123``), for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<unparsable DSN>"
 
 
 class ClickHouseUnavailable(RuntimeError):

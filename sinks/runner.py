@@ -12,15 +12,17 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from ripple.config import Settings
-from ripple.metrics import SinkMetrics
 from sinks.clickhouse import ClickHouse, ClickHouseUnavailable
 from sinks.tables import rows_for_message
+from streams.metrics import SinkMetrics
 from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS
+
+if TYPE_CHECKING:  # the settings are ripple's: sinks never imports ripple at run time
+    from ripple.config import Settings
 
 log = logging.getLogger("ripple.sink")
 

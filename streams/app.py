@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from ripple.metrics import WorkerMetrics
 from streams import faust_fixes, fraud, health, watchdog
 from streams.agents import alerts as alert_agent_logic
 from streams.agents import chains as chain_agent_logic
@@ -39,6 +38,7 @@ from streams.agents import referrers as referrer_agent_logic
 from streams.agents import visitors as visitor_logic
 from streams.batch import Guard, Intake, Outbox, StreamClock, keyed_records, keyed_updates, topic_updates
 from streams.kafka import producer_config
+from streams.metrics import WorkerMetrics
 from streams.ordered_input import OrderedInput
 from streams.outbound import PRODUCER_TUNING, Outbound
 from streams.reference import ReferenceData

@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
-from ripple.metrics import WorkerMetrics
-from ripple.partitioner import partition_of
 from streams.events import Rejected, decode, message_time
 from streams.kafka import Arrays, json_array
+from streams.metrics import WorkerMetrics
 from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound
+from streams.partitioner import partition_of
 from streams.producer import Record
 from streams.referrer import Output
 from streams.topics import INTERNAL_TOPICS

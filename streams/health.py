@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from ripple.metrics import WorkerMetrics
 from streams import faust_state
 from streams.batch import StreamClock
+from streams.metrics import WorkerMetrics
 from streams.ordered_input import OrderedInput
 
 #: per agent: (partitions assigned here, per partition its status)

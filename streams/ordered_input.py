@@ -11,8 +11,8 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from ripple.metrics import WorkerMetrics
 from streams import faust_fixes, faust_state, ordering
+from streams.metrics import WorkerMetrics
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ripple.worker")

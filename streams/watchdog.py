@@ -10,8 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ripple.metrics import WorkerMetrics
 from streams import faust_state
+from streams.metrics import WorkerMetrics
 
 log = logging.getLogger("ripple.worker")
 

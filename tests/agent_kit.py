@@ -10,8 +10,8 @@ from typing import Any
 import faust
 import orjson
 
-from ripple.metrics import WorkerMetrics
 from streams.batch import Outbox
+from streams.metrics import WorkerMetrics
 from streams.outbound import Outbound
 
 PARTITIONS = 4

@@ -6,10 +6,10 @@ from __future__ import annotations
 from agent_kit import box_for, make_table, rows
 from test_referrer import T, row
 
-from ripple.partitioner import partition_of
 from streams import fraud
 from streams.agents import referrers as referrer_agent
 from streams.outbound import Outbound
+from streams.partitioner import partition_of
 from streams.reference import ReferenceData
 
 CREDITS = "ripple-credits"

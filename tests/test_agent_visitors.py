@@ -8,10 +8,10 @@ from typing import Any
 from agent_kit import box_for, make_table, rows
 
 from ripple.config import Settings as RippleSettings
-from ripple.metrics import WorkerMetrics
 from streams import fraud
 from streams.agents import visitors as visitor_agent
 from streams.batch import StreamClock
+from streams.metrics import WorkerMetrics
 from streams.outbound import Outbound
 from streams.reference import ReferenceData
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from agent_kit import box_for, make_table
 
-from ripple.metrics import WorkerMetrics
 from streams.batch import Guard, Intake, Outbox
+from streams.metrics import WorkerMetrics
 from streams.outbound import Outbound
 
 

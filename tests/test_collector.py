@@ -39,10 +39,10 @@ from ripple.intake import (
     visitor_id,
     with_param,
 )
-from ripple.partitioner import partition_for
 from ripple.simulate import SimConfig, generate
 from streams.events import decode, message_time, raw_identity, validate
 from streams.kafka import Secret, producer_config
+from streams.partitioner import partition_for
 
 DAY_MS = 86_400_000
 NOW = 1_767_225_600_000 + 30 * DAY_MS

@@ -23,9 +23,9 @@ from stack import get, kill_all, spawn, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.intake import IpHasher, topic_key
-from ripple.partitioner import partition_for
 from streams.fraud import is_bot, load_config
 from streams.kafka import Secret
+from streams.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

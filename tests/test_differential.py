@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ripple.partitioner import partition_for
 from ripple.simulate import SimConfig, generate
 from streams import attribution as attr
+from streams.partitioner import partition_for
 from streams.reference import ReferenceData
 
 DAY = 86_400_000

@@ -26,8 +26,8 @@ from confluent_kafka import Producer
 from stack import get, running_stack, spawn, wait_for
 
 from ripple.broker import free_port
-from ripple.partitioner import partition_of
 from sinks.clickhouse import ClickHouse
+from streams.partitioner import partition_of
 
 pytestmark = pytest.mark.integration
 

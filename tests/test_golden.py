@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from ripple.partitioner import partition_for
 from streams import attribution as attr
+from streams.partitioner import partition_for
 from streams.reference import ReferenceData
 
 GOLDEN = Path(__file__).parent / "golden"

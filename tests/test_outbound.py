@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
 from ripple.config import Settings
-from ripple.partitioner import partition_for
 from streams.kafka import producer_config
 from streams.outbound import PRODUCER_TUNING, Outbound
+from streams.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from ripple.partitioner import murmur2, partition_for
+from streams.partitioner import murmur2, partition_for
 
 # Values from the Java client's UtilsTest.testMurmur2
 JAVA_VECTORS = {

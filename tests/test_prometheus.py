@@ -23,12 +23,12 @@ PROM_CONFIG = PROM_DIR / "prometheus.yml"
 RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
 RULE_TESTS = PROM_DIR / "tests" / "ripple_test.yml"
 AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-METRICS_PY = ROOT / "ripple" / "metrics.py"
+METRICS_PY = ROOT / "streams" / "metrics.py"
 
 SEVERITIES = {"critical", "warning", "info"}
 RECEIVERS = {"critical": "pager", "warning": "chat", "info": "null"}
 
-# The metric contract of ripple/metrics.py: name -> (type, label names).
+# The metric contract of streams/metrics.py: name -> (type, label names).
 CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "ripple_messages_in_total": ("Counter", ("topic",)),
     "ripple_events_in_total": ("Counter", ("topic",)),
@@ -266,7 +266,7 @@ def test_rules_use_only_contract_metrics_and_labels() -> None:
 
 
 def _declared_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Metrics declared in ripple/metrics.py: name -> (type, label names)."""
+    """Metrics declared in streams/metrics.py: name -> (type, label names)."""
     declared: dict[str, tuple[str, tuple[str, ...]]] = {}
     for node in ast.walk(ast.parse(METRICS_PY.read_text())):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
@@ -285,10 +285,10 @@ def _declared_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     return declared
 
 
-def test_contract_metrics_are_declared_in_ripple_metrics() -> None:
+def test_contract_metrics_are_declared_in_streams_metrics() -> None:
     declared = _declared_metrics()
     missing = sorted(set(CONTRACT) - set(declared))
-    assert not missing, f"ripple/metrics.py does not declare {missing}"
+    assert not missing, f"streams/metrics.py does not declare {missing}"
     for name, (kind, labels) in CONTRACT.items():
         assert declared[name] == (kind, labels), f"{name}: declared {declared[name]}, the rules expect {(kind, labels)}"
 

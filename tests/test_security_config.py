@@ -28,7 +28,8 @@ import pytest
 from faust.types.auth import CredentialsT
 
 from ripple.broker import EmbeddedBroker
-from ripple.config import load_settings, redact_dsn
+from ripple.config import load_settings
+from sinks.clickhouse import redact_dsn
 from streams.kafka import KafkaSecurity, Secret
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -143,7 +143,7 @@ def test_chain_k_shapes_the_trees() -> None:
 def late_by(events: list[dict[str, object]], partitions: int = 8) -> int:
     """How far (ms) the most-behind event falls behind its partition's stream time, when
     sent in this order (key: visitor, as the worker's tasks see them)."""
-    from ripple.partitioner import partition_of
+    from streams.partitioner import partition_of
 
     stream: dict[int, int] = {}
     worst = 0

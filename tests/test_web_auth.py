@@ -29,7 +29,7 @@ TOKEN = "9f2c1e7a4b8d6f30a5c2e1b7d9f4a6c8"
 SERVER = """
 import asyncio, json
 from ripple.config import load_settings
-from ripple.metrics import SinkMetrics
+from streams.metrics import SinkMetrics
 from ripple.web import build_app, serve
 from sinks.clickhouse import ClickHouse
 

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ripple.partitioner import partition_of
 from streams import commission as comm
 from streams import fraud, lineage
 from streams import referrer as referrer_logic
 from streams.batch import Outbox, held
+from streams.partitioner import partition_of
 from streams.reference import ReferenceData
 
 CLAIMS = "ripple-lineage"

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ripple.metrics import WorkerMetrics
 from streams import attribution as attr
 from streams import fraud
 from streams import referrer as referrer_logic
 from streams.batch import Outbox, StreamClock, held
+from streams.metrics import WorkerMetrics
 from streams.reference import ReferenceData
 
 if TYPE_CHECKING:  # the settings are ripple's: streams never imports ripple.config
