@@ -4,7 +4,7 @@ The worker's watchdog (``unstick_partitions``), its ordered inputs and its ``kil
 dump need to know what Faust's consumer holds: which partitions it fetches, pauses or
 stopped for a full queue, what it delivered, acknowledged and committed, and the expected
 offsets :mod:`streams.faust_fixes` keeps on it. Faust has no public API for any of it, so
-the names live here and nowhere else, and ``tests/test_faust_state.py`` fails loudly when
+the names live here and nowhere else, and ``tests/unit/test_faust_state.py`` fails loudly when
 the pinned faust-streaming changes them.
 """
 

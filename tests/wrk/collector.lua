@@ -1,4 +1,4 @@
--- wrk script for the collector's load test (tests/test_collector_load.py):
+-- wrk script for the collector's load test (tests/integration/test_collector_load.py):
 -- POST /v1/events, each request a JSON array of BATCH view events with unique event ids
 -- (thread, request, position), visitors spread over many keys, so every request is split
 -- over the topic's partitions. Prints one line "RESULT {json}" at the end.

@@ -23,7 +23,7 @@ from stack import dump_dom
 from ripple.broker import free_port
 from ripple.config import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "9f2c1e7a4b8d6f30a5c2e1b7d9f4a6c8"
 
 SERVER = """

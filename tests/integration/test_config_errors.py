@@ -17,7 +17,7 @@ import pytest
 
 from ripple.config import SECURITY_VARIABLES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Pa55word-xyz"
 TOKEN = "t0ken-" + "k" * 20
 SASL = {

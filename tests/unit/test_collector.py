@@ -1,6 +1,6 @@
 """The collector's pure parts (ripple/intake.py): reading bodies, validation (the workers'
 own), grouping by partition (the workers' placement), ip hashing, the rate limit, and the
-collector's settings. No broker, no HTTP: tests/test_collector_service.py runs those."""
+collector's settings. No broker, no HTTP: tests/integration/test_collector_service.py runs those."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def test_refusals_say_why(case: Refusal) -> None:
 
 
 def test_the_collector_accepts_exactly_what_the_workers_accept() -> None:
-    """Every event of the simulator and of the hostile corpus of tests/test_events.py, posted
+    """Every event of the simulator and of the hostile corpus of tests/unit/test_events.py, posted
     with its type: accepted by the collector if and only if the worker's decode takes it from
     a Kafka message (the one difference: an event over the collector's per-event limit)."""
     ds = generate(SimConfig(seed=9, start_ms=NOW - 20 * DAY_MS, views=300))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ripple", "streams", "sinks")
 STATEMENT = re.compile(
     r"\b(SELECT\b[\s\S]*\bFROM|INSERT\s+INTO|ALTER\s+TABLE|CREATE\s+(OR\s+REPLACE\s+)?"

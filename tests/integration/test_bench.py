@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 RATES = ("raw_consume_decode", "faust_baseline", "ripple_end_to_end", "sink_insert_rate", "chdb_insert_rate")

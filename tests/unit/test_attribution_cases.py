@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from test_attribution import DAY, MIN, T0, click, order, reference, run, view
 
 from streams.models import MODELS, weights
-from tests.test_attribution import DAY, MIN, T0, click, order, reference, run, view
 
 H = 3_600_000
 

@@ -32,7 +32,7 @@ from ripple.config import load_settings
 from sinks.clickhouse import redact_dsn
 from streams.kafka import KafkaSecurity, Secret
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pa55-w0rd-never-shown"
 
 

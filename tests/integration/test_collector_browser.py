@@ -37,7 +37,7 @@ from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Chromium's own headless user agent says HeadlessChrome, which is on the bot list: the
 #: shopper is a desktop browser
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"

@@ -24,7 +24,7 @@ from stack import chromium
 
 from ripple.broker import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "wrk" / "collector.lua"
 ARTIFACTS = ROOT / "test-artifacts"
 BATCH = 100

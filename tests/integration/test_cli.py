@@ -11,7 +11,7 @@ import pytest
 
 from ripple.config import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ripple(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sinks.clickhouse import DDL_DIR, ddl_files, split_statements
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC_TABLES = {"views", "clicks", "orders", "refunds", "codes", "creators", "attributions", "dead_letters"}
 
 

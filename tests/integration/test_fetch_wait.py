@@ -15,7 +15,7 @@ import pytest
 
 from ripple.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import asyncio, json

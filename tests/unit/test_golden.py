@@ -1,4 +1,4 @@
-"""Golden files: tests/golden/<name>.jsonl events in arrival order -> <name>.expected.jsonl.
+"""Golden files: tests/unit/golden/<name>.jsonl events in arrival order -> <name>.expected.jsonl.
 
 Each expected line is the final credit of one (order, model, referrer), checked in and
 reviewed by hand; ``RIPPLE_UPDATE_GOLDEN=1`` rewrites them after an intended change.

@@ -17,7 +17,7 @@ import pytest
 
 from streams.fraud import RULE_SEVERITIES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
 RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))

@@ -25,7 +25,7 @@ import pytest
 from ripple.broker import free_port
 from sinks.clickhouse import ClickHouse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 

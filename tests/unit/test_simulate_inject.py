@@ -30,7 +30,7 @@ from streams.events import SCHEMA_DIR
 from streams.topics import INPUT_TOPICS
 
 START = 1_767_225_600_000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FCFG = fraud.load_config()
 CREATOR_RULES = ("self_referral", "click_injection", "bot_click", "refund_rate", "conversion_spike")
 
