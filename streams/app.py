@@ -186,8 +186,9 @@ def create_app(settings: Settings) -> faust.App:
         if visitors.unknown_codes(items):
             guarded.mark("handle_visitor_items", "reading new codes", len(items))
             await reader.sync()  # a code this worker has not seen yet may just have been written
-            guarded.mark("handle_visitor_items", "handling", len(items))
+        guarded.mark("handle_visitor_items", "handling", len(items))
         visitors.handle(items, box, settled.before)
+        guarded.mark("handle_visitor_items", "handled; its batch flushes next", len(items))
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     # -- clicks per ip and referrer -> flood verdicts back to the visitors --------------
@@ -240,6 +241,11 @@ def create_app(settings: Settings) -> faust.App:
         ledger_in.forget()
         visitor_clock.forget()
         order_clock.forget()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def take_new_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+        visitors_in.assigned()
+        ledger_in.assigned()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
     async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,11 @@ from streams.metrics import WorkerMetrics
 from streams.reference_reader import ReferenceReader
 
 log = logging.getLogger("ripple.worker")
+
+#: how long a record missing ahead of others is read again for before the gap is taken as real
+GAP_WINDOW_S = 30.0
+#: how often the partition is sought back to it meanwhile
+GAP_RESEEK_S = 0.5
 
 
 class OrderedInput:
@@ -54,6 +60,11 @@ class OrderedInput:
         self.resumed: dict[tuple[str, int], float] = {}
         self.max_idle_s = max_idle_s
         self.timeouts = 0
+        #: the generation partitions were revoked in, until the next assignment
+        self.revoked_in: int | None = None
+        #: partitions with a record missing: (its offset, since when, last seek)
+        self.gaps: dict[TP, tuple[int, float, float]] = {}
+        self.reseeks: set[asyncio.Future[None]] = set()
 
     def attach(self, stream: Any) -> None:
         """Read the agent's ``stream``. Its partitions stop fetching as ``regulate`` says, per
@@ -116,12 +127,58 @@ class OrderedInput:
         """Buffer one message's ``(ts, item)`` events; return the Faust events of messages
         that are done already (no event, nothing ahead of them on their partition)."""
         msg = event.message
-        if msg.generation_id != self.app.consumer_generation_id:
-            # fetched before a rebalance (the stream had it buffered): the consumer reads it
-            # again from the committed offset
+        generation = self.app.consumer_generation_id
+        if msg.generation_id != generation or self.revoked_in == generation:
+            # fetched before a rebalance (the stream had it buffered), or handed over between
+            # the revocation and the new assignment, while its generation still looks
+            # current: the consumer reads it again from the committed offset. Buffered, it
+            # would stand in for that copy, which is then ignored as a duplicate, and its
+            # acknowledgement (to the old assignment) never moved the commit: the
+            # partition's commits stuck for good behind it.
+            return []
+        if self._missing(msg.topic, msg.partition, msg.offset):
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
         return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
+
+    def _missing(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether an earlier record of the partition never reached this input (dropped on
+        its way through Faust's streams): the partition is read again from it, and what
+        comes ahead of it is not buffered — taken in the wrong order, the positions in the
+        stream clock would skip it as handled, and the commit would pass it. After
+        ``GAP_WINDOW_S`` the gap is taken as real, with an error in the log."""
+        tp = TP(topic, partition)
+        want = self.queues.next_offset.get((topic, partition))
+        if want is None:
+            want = faust_state.base(self.app.consumer).get(tp)
+        if want is None or offset <= want:
+            self.gaps.pop(tp, None)
+            return False
+        now = time.monotonic()
+        missing, since, last_seek = self.gaps.get(tp, (want, now, 0.0))
+        if missing != want:
+            since, last_seek = now, 0.0
+        if now - since > GAP_WINDOW_S:
+            log.error(
+                "%s: offsets %d..%d never reached the %s agent; going on from %d",
+                tp,
+                want,
+                offset - 1,
+                self.name,
+                offset,
+            )
+            self.gaps.pop(tp, None)
+            return False
+        if now - last_seek >= GAP_RESEEK_S:
+            log.warning(
+                "%s: the %s agent got offset %d before %d; reading again from %d", tp, self.name, offset, want, want
+            )
+            seek = asyncio.ensure_future(self.app.consumer.seek(tp, want))
+            self.reseeks.add(seek)  # held until done: a task only weakly referenced may vanish
+            seek.add_done_callback(self.reseeks.discard)
+            last_seek = now
+        self.gaps[tp] = (want, since, last_seek)
+        return True
 
     async def receive(
         self, events: list[Any], box: Any, items_of: Callable[[Any], Awaitable[list[tuple[int, Any]]]]
@@ -159,6 +216,11 @@ class OrderedInput:
             "buffered": self.queues.buffered(partition),
         }
 
+    def assigned(self) -> None:
+        """Partitions were assigned (the generation may be the same as at the revocation
+        when the group first forms)."""
+        self.revoked_in = None
+
     def has_buffered(self) -> bool:
         return any(self.queues.buffered(p) for p in self.queues.tasks)
 
@@ -176,8 +238,12 @@ class OrderedInput:
         self.paused = full
 
     def forget(self) -> None:
-        """After a rebalance the consumer reads again from the committed offsets."""
+        """Partitions were revoked: the consumer reads again from the committed offsets
+        once they are assigned; until then (:meth:`assigned`, or a new generation) nothing
+        handed over is buffered."""
+        self.revoked_in = self.app.consumer_generation_id
         self.queues.forget()
+        self.gaps.clear()
         self.paused.clear()
         self.resumed.clear()
         self.timeouts = 0
