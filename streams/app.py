@@ -334,7 +334,11 @@ def create_app(settings: Settings) -> faust.App:
         """``kill -USR1`` a worker to log where every task waits (a stalled agent shows here)."""
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, watchdog.dump, app, stage, processed)
 
-    unsticker = watchdog.Watchdog(app, STREAM_TOPICS, reader.end_offsets, metrics)
+    def reclaim(tp: Any, offset: int) -> None:
+        visitors_in.reclaim(tp, offset)
+        ledger_in.reclaim(tp, offset)
+
+    unsticker = watchdog.Watchdog(app, STREAM_TOPICS, reader.end_offsets, metrics, reclaim)
 
     @app.timer(5.0)
     async def unstick_partitions() -> None:

@@ -218,6 +218,19 @@ def install(compacted_topics: tuple[str, ...]) -> None:
         result: int | None = original_new_offset(self, tp)
         return result
 
+    original_revoked = cls.on_partitions_revoked
+
+    async def on_partitions_revoked(self: Any, revoked: Any) -> None:
+        # where a revoked partition was sought to says nothing of its next assignment: until
+        # that assignment's seek, nothing is known of where it starts (an ordered input
+        # that took the old position for the next expected offset read a partition again
+        # from its first offset after a rebalance)
+        base: dict[Any, int] = getattr(self, "_ripple_base", {})
+        for tp in revoked:
+            base.pop(tp, None)
+        await original_revoked(self, revoked)
+
+    cls.on_partitions_revoked = on_partitions_revoked
     cls.perform_seek = perform_seek
     cls.seek = seek
     cls._drain_messages = _drain_messages

@@ -65,6 +65,8 @@ class OrderedInput:
         #: partitions with a record missing: (its offset, since when, last seek)
         self.gaps: dict[TP, tuple[int, float, float]] = {}
         self.reseeks: set[asyncio.Future[None]] = set()
+        #: per partition: a record delivered before and never handled, to take when it comes again
+        self.reclaimed: dict[TP, int] = {}
 
     def attach(self, stream: Any) -> None:
         """Read the agent's ``stream``. Its partitions stop fetching as ``regulate`` says, per
@@ -136,10 +138,25 @@ class OrderedInput:
             # acknowledgement (to the old assignment) never moved the commit: the
             # partition's commits stuck for good behind it.
             return []
-        if self._missing(msg.topic, msg.partition, msg.offset):
+        again = self.reclaimed.get(msg.tp) == msg.offset
+        if again:
+            del self.reclaimed[msg.tp]
+        elif self._missing(msg.topic, msg.partition, msg.offset):
             return []
         self.resumed.pop((msg.topic, msg.partition), None)
-        return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event)]
+        return [m.token for m in self.queues.add(msg.topic, msg.partition, msg.offset, items, event, again)]
+
+    def reclaim(self, tp: TP, offset: int) -> None:
+        """The record at ``offset`` was delivered, yet never handled nor acknowledged, and
+        nothing of its partition is buffered (:class:`streams.watchdog.Watchdog`): the
+        partition's commits are stuck behind it. Its next delivery is taken though the
+        input went past it (if its effect is in the state already, its position says so and
+        it is skipped; either way it is acknowledged and the commits go on)."""
+        if tp.topic in self.queues.topics:
+            log.warning(
+                "%s: offset %d never reached the %s agent; taking it when it comes again", tp, offset, self.name
+            )
+            self.reclaimed[tp] = offset
 
     def _missing(self, topic: str, partition: int, offset: int) -> bool:
         """Whether an earlier record of the partition never reached this input (dropped on
@@ -149,8 +166,11 @@ class OrderedInput:
         ``GAP_WINDOW_S`` the gap is taken as real, with an error in the log."""
         tp = TP(topic, partition)
         want = self.queues.next_offset.get((topic, partition))
-        if want is None:
-            want = faust_state.base(self.app.consumer).get(tp)
+        if want is None:  # nothing delivered since the assignment: where the consumer started
+            consumer = self.app.consumer
+            want = faust_state.committed(consumer).get(tp)
+            if want is None:
+                want = faust_state.base(consumer).get(tp)
         if want is None or offset <= want:
             self.gaps.pop(tp, None)
             return False
@@ -244,6 +264,7 @@ class OrderedInput:
         self.revoked_in = self.app.consumer_generation_id
         self.queues.forget()
         self.gaps.clear()
+        self.reclaimed.clear()
         self.paused.clear()
         self.resumed.clear()
         self.timeouts = 0

@@ -103,16 +103,24 @@ class TaskQueues:
         return task
 
     def add(
-        self, topic: str, partition: int, offset: int, events: Iterable[tuple[int, Any]], token: Any
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        events: Iterable[tuple[int, Any]],
+        token: Any,
+        again: bool = False,
     ) -> list[Message]:
         """Buffer one message's events (``(ts, event)`` in the message's order); return the
         messages that are done already (this one, when it holds no event and nothing is
-        ahead of it). A message delivered again (an offset already buffered) is ignored."""
+        ahead of it). A message delivered again (an offset already buffered) is ignored,
+        unless ``again``: it was delivered once and never handled (nothing of its partition
+        is buffered), and is taken now."""
         tp = (topic, partition)
         expected = self.next_offset.get(tp)
-        if expected is not None and offset < expected:
+        if expected is not None and offset < expected and not again:
             return []
-        self.next_offset[tp] = offset + 1
+        self.next_offset[tp] = offset + 1 if expected is None else max(expected, offset + 1)
         queue = self._task(partition).queues[topic]
         message = Message(topic, partition, offset, token)
         for ts, event in events:

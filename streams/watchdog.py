@@ -58,8 +58,12 @@ class Watchdog:
         topics: Iterable[str],
         end_offsets: Callable[[list[Any]], Awaitable[dict[Any, int]]],
         metrics: WorkerMetrics,
+        reclaim: Callable[[Any, int], None] = lambda _tp, _offset: None,
     ) -> None:
+        """``reclaim(tp, offset)``: told of a record delivered and never handled before it
+        is read again (an ordered input that went past it would skip it as a duplicate)."""
         self.app = app
+        self.reclaim = reclaim
         self.topics = frozenset(topics)
         self.end_offsets = end_offsets
         self.metrics = metrics
@@ -90,6 +94,7 @@ class Watchdog:
                 elif now - since[2] >= STUCK_S:
                     log.warning("%s: offsets from %d were delivered but never handled; reading again", tp, lost)
                     self.metrics.unstuck.labels(tp.topic).inc()
+                    self.reclaim(tp, lost)
                     await consumer.seek(tp, lost)
                     self.lost_since.pop(tp, None)
                     continue

@@ -182,6 +182,17 @@ def post_mortem(bootstrap: str, base: Path, procs: list[Proc]) -> None:
             (base / f"{p.name}.stacks").write_text(dump.stdout + dump.stderr)
 
 
+def warnings(base: Path, last: int = 12) -> list[str]:
+    """The workers' last warnings and errors about offsets, for a failure's message (CI
+    keeps no files): where a partition was read again, reclaimed or given up."""
+    lines = []
+    for path in sorted(base.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if ("WARNING" in line or "ERROR" in line) and "offset" in line:
+                lines.append(f"{path.name}: {line.split('] ', 2)[-1][:200]}")
+    return lines[-last:]
+
+
 def input_progress(bootstrap: str) -> float:
     """The share of the input topics' records the worker group has committed."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": WORKER_GROUP, "enable.auto.commit": False})
@@ -289,6 +300,7 @@ def chaos_run(base: Path, seed: int, mode: str) -> Iterator[Run]:
         problem = "" if eventually(drained, 240, interval=1) else f"not drained: {last}; actions {actions}"
         if problem:  # what the topics hold and where the processes wait, for the post-mortem
             post_mortem(broker.bootstrap, base, [w1, w2, sink])
+            problem += "; worker warnings: " + " | ".join(warnings(base))
         dead = [p.name for p in procs if p.starts and not p.alive() and p is not w2]
         if dead:
             problem += f" stopped by itself: {dead}"

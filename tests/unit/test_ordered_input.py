@@ -91,3 +91,37 @@ async def test_a_record_ahead_of_a_missing_one_is_not_buffered_and_the_partition
     src.add(record(1, 0), items(1))  # read again: now in order
     src.add(record(2, 0), items(2))
     assert [t.event for t in src.take()] == ["event-0", "event-1", "event-2"]
+
+
+def test_a_record_delivered_and_never_handled_is_taken_when_the_watchdog_reclaims_it() -> None:
+    src = source()
+    src.add(record(0, 0), items(0))
+    src.add(record(1, 0), items(1))
+    assert [t.event for t in src.take()] == ["event-0", "event-1"]
+    # offset 0 is read again (its first copy never acknowledged): a duplicate, ignored ...
+    src.add(record(0, 0), items(0))
+    assert buffered(src) == 0
+    # ... unless the watchdog found it delivered and never handled
+    src.reclaim(record(0, 0).message.tp, 0)
+    done = src.add(record(0, 0), items(0))
+    assert done == [] and buffered(src) == 1
+    assert [t.event for t in src.take()] == ["event-0"]
+    assert src.queues.next_offset[("views", 0)] == 2, "the input goes on after what it had"
+    src.add(record(0, 0), items(0))  # reclaimed once only
+    assert buffered(src) == 0
+
+
+def test_a_reclaim_of_another_agents_topic_is_ignored() -> None:
+    src = source()
+    src.reclaim(Message("orders", 0, 5, 0.0, 0, None, b"k", b"{}", None).tp, 5)
+    assert src.reclaimed == {}
+
+
+async def test_after_an_assignment_the_first_record_is_expected_at_the_committed_offset() -> None:
+    src = source()
+    consumer: Any = src.app.consumer
+    tp = record(0, 0).message.tp
+    consumer._ripple_base = {tp: 1}  # the seek of an earlier assignment
+    consumer._committed_offset[tp] = 40  # committed since
+    assert src.add(record(40, 0), items(40)) == [] and buffered(src) == 1, "not read again from 1"
+    assert not src.reseeks
