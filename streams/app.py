@@ -146,7 +146,16 @@ def create_app(settings: Settings) -> faust.App:
     # -- visitors: views, clicks, orders (+ fraud verdicts on clicks) -> credits ---------
     # Each task's inputs are taken in event-time order (SPEC §3.5, streams.ordering); a
     # flood verdict counts at its click's time.
-    visitors_in = OrderedInput(app, "visitors", (*COPARTITIONED_TOPICS, "ripple-blocks"), max_idle_s, metrics, reader)
+    visitors_in = OrderedInput(
+        app,
+        "visitors",
+        (*COPARTITIONED_TOPICS, "ripple-blocks"),
+        max_idle_s,
+        metrics,
+        reader,
+        backlog_ms=settings.max_lateness_ms,
+        idle_topics=COPARTITIONED_TOPICS,
+    )
     visitor_lock = asyncio.Lock()  # the agent and the timer that ends a task's wait
 
     @app.agent(raw_topic(*COPARTITIONED_TOPICS, "ripple-blocks"), name="visitors")
@@ -289,7 +298,16 @@ def create_app(settings: Settings) -> faust.App:
     # -- orders: refunds + commission terms -> ledger ----------------------------------
     # Refunds and commission terms are taken in event-time order per task, as the visitors'
     # inputs are: the ledger's clock (commission holds) moves only as they are processed.
-    ledger_in = OrderedInput(app, "ledger", ("refunds", "ripple-commissions"), max_idle_s, metrics, reader)
+    ledger_in = OrderedInput(
+        app,
+        "ledger",
+        (ledger_logic.REFUNDS, "ripple-commissions"),
+        max_idle_s,
+        metrics,
+        reader,
+        backlog_ms=settings.max_lateness_ms,
+        idle_topics=(ledger_logic.REFUNDS,),
+    )
     ledger_lock = asyncio.Lock()
 
     @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")

@@ -42,7 +42,12 @@ class OrderedInput:
         max_idle_s: float,
         metrics: WorkerMetrics,
         ends: ReferenceReader,
+        backlog_ms: int = 0,
+        idle_topics: tuple[str, ...] = (),
     ) -> None:
+        """``backlog_ms`` and ``idle_topics``: in a backlog (records more than ``backlog_ms``
+        behind the wall clock) these inputs are waited for up to ``max_idle_s`` when empty
+        and caught up (:class:`streams.ordering.TaskQueues`)."""
         self.app = app
         self.ends = ends
         #: the broker reports a partition's end as its last batch's first offset + 1 (the
@@ -50,7 +55,14 @@ class OrderedInput:
         #: passes the reported end
         self.batch_ends = False
         self.name = name
-        self.queues = ordering.TaskQueues(topics, max_idle_s, self._lagging, self._fetch_again)
+        self.queues = ordering.TaskQueues(
+            topics,
+            max_idle_s,
+            self._lagging,
+            self._fetch_again,
+            backlog_ms=backlog_ms,
+            idle_topics=frozenset(idle_topics),
+        )
         self.metrics = metrics
         self.stream: Any = None
         self.paused: set[tuple[str, int]] = set()

@@ -15,9 +15,16 @@ load a fetch can take many seconds, and a task that went on without them would t
 into late events). Each ``max_idle_s`` (``max_task_idle``) of waiting, ``stalled`` asks the
 consumer to fetch the partition; only after ``max_wait_s`` (``LAGGING_WAIT_FACTOR`` times
 ``max_idle_s``, two minutes by default: a consumer that cannot deliver known records for
-that long is broken) does the task go on without it. A partition that is caught up with its
-end offset is never waited for. Stream time — the highest ``ts`` processed — is the
-caller's, moved by what it takes.
+that long is broken) does the task go on without it.
+
+A partition that is caught up with its end offset is not waited for in live traffic. In a
+backlog — the record to take is more than ``backlog_ms`` (``max_lateness``) behind the wall
+clock — an empty, caught-up input in ``idle_topics`` is waited for up to ``max_idle_s``, as
+Kafka Streams waits ``max.task.idle.ms`` for an empty partition: a producer sending a
+backlog in bursts writes each burst's partitions a few milliseconds apart, and hours of
+event time may lie in those milliseconds. The wait ends when records come; once it has run
+out, the partition is not waited for again until it has had records. Stream time — the
+highest ``ts`` processed — is the caller's, moved by what it takes.
 
 Each Kafka message may hold several events (a JSON array); a message is *done* once all of
 its events have been taken, and only then may its offset be acknowledged. A message with
@@ -26,6 +33,7 @@ no valid event is done once every message before it on its partition is.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,6 +77,8 @@ class _Task:
     #: whether the task goes on without a lagging partition now, and how often that began
     enforcing: bool = False
     enforced: int = 0
+    #: until when (the caller's clock) each empty, caught-up input is waited for in a backlog
+    idle_until: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +97,12 @@ class TaskQueues:
     stalled: Callable[[str, int], None] = lambda _topic, _partition: None
     #: a partition holding more buffered events than this should stop fetching (see :meth:`full`)
     max_buffered: int = 2000
+    #: a record this far behind the wall clock is a backlog's (0: caught-up inputs are never waited for)
+    backlog_ms: int = 0
+    #: the inputs whose caught-up emptiness is waited for in a backlog
+    idle_topics: frozenset[str] = frozenset()
+    #: the wall clock, ms
+    wall_ms: Callable[[], float] = lambda: time.time() * 1000
     tasks: dict[int, _Task] = field(default_factory=dict)
     #: the next offset expected per partition: what was delivered, plus one
     next_offset: dict[TopicPartition, int] = field(default_factory=dict)
@@ -140,11 +156,13 @@ class TaskQueues:
         return out
 
     def _take_task(self, partition: int, task: _Task, now: float, out: list[Taken], limit: int) -> None:
-        queues, waiting = list(task.queues.items()), task.waiting
+        queues, waiting, idle_until = list(task.queues.items()), task.waiting, task.idle_until
         lagging: dict[str, bool] = {}  # asked once per call: nothing is delivered meanwhile
+        backlog_before = self.wall_ms() - self.backlog_ms if self.backlog_ms > 0 and self.max_idle_s > 0 else None
         while len(out) < limit:
             best: deque[tuple[int, Any, Message]] | None = None
             best_ts, best_topic = 0, ""
+            caught_up: list[str] = []
             for topic, q in queues:  # on a tie the first of ``topics``: a click before its order
                 if q:
                     ts = q[0][0]
@@ -152,6 +170,8 @@ class TaskQueues:
                         best, best_ts, best_topic = q, ts, topic
                     if waiting:
                         waiting.pop(topic, None)
+                    if idle_until:
+                        idle_until.pop(topic, None)
                     continue
                 behind = lagging.get(topic)
                 if behind is None:
@@ -161,13 +181,21 @@ class TaskQueues:
                     if now - max(since, task.asked.get(topic, since)) >= self.max_idle_s > 0:
                         task.asked[topic] = now
                         self.stalled(topic, partition)
-                elif waiting:
-                    waiting.pop(topic, None)
+                else:
+                    if waiting:
+                        waiting.pop(topic, None)
+                    if topic in self.idle_topics:
+                        caught_up.append(topic)
             if not waiting:
                 task.enforcing = False
                 task.asked.clear()
             if best is None:
                 return
+            if backlog_before is not None and caught_up and best_ts < backlog_before:
+                # a backlog's record: an empty input may only be a few milliseconds behind
+                deadlines = [idle_until.setdefault(topic, now + self.max_idle_s) for topic in caught_up]
+                if any(now < deadline for deadline in deadlines):
+                    return
             if waiting:
                 if any(now - since < self.max_wait_s for since in waiting.values()):
                     return  # wait for the lagging partitions' records

@@ -212,3 +212,52 @@ def test_any_fetch_interleaving_processes_a_backlog_in_time_order(
             fetched[topic] = offset + 1
         taken += [t.ts for t in q.take(0.0)]
     assert taken == sorted(views + clicks + orders)
+
+
+HOUR_MS = 3_600_000
+
+
+def backlog_queues(kafka: Kafka, wall_ms: float) -> TaskQueues:
+    """At the defaults: 2 s ``max_task_idle``, 10-minute ``max_lateness``."""
+    return TaskQueues(
+        TOPICS, 2.0, kafka.lagging, backlog_ms=600_000, idle_topics=frozenset(TOPICS), wall_ms=lambda: wall_ms
+    )
+
+
+def test_in_a_backlog_an_empty_caught_up_input_is_waited_for_until_its_records_come() -> None:
+    # a producer sends a backlog in bursts: the views of a burst may reach Kafka a few
+    # milliseconds before its clicks, and hours of event time lie in those milliseconds
+    kafka = Kafka()
+    q = backlog_queues(kafka, wall_ms=48 * HOUR_MS)
+    deliver(q, kafka, "views", 0, 1 * HOUR_MS, 5 * HOUR_MS)
+    deliver(q, kafka, "orders", 0, 4 * HOUR_MS)
+    assert order_of(q, now=0.0) == []  # clicks caught up and empty: wait
+    assert order_of(q, now=1.0) == []
+    deliver(q, kafka, "clicks", 0, 2 * HOUR_MS)  # the burst's clicks arrive
+    assert order_of(q, now=1.1) == [f"views@{1 * HOUR_MS}", f"clicks@{2 * HOUR_MS}"]  # then clicks are empty again
+    deliver(q, kafka, "clicks", 1, 6 * HOUR_MS)
+    # orders run empty after their record: waited for in turn
+    assert order_of(q, now=1.2) == [f"orders@{4 * HOUR_MS}"]
+    assert order_of(q, now=3.3) == [f"views@{5 * HOUR_MS}"]
+
+
+def test_in_a_backlog_the_wait_for_a_caught_up_input_ends_after_max_task_idle_and_is_not_repeated() -> None:
+    kafka = Kafka()
+    q = backlog_queues(kafka, wall_ms=48 * HOUR_MS)
+    deliver(q, kafka, "views", 0, 1 * HOUR_MS, 2 * HOUR_MS)
+    deliver(q, kafka, "orders", 0, 3 * HOUR_MS, 4 * HOUR_MS)
+    assert order_of(q, now=0.0) == []
+    # clicks never came: after max_task_idle the task goes on without them; views run
+    # empty after their records and are waited for in turn
+    assert order_of(q, now=2.0) == [f"views@{1 * HOUR_MS}", f"views@{2 * HOUR_MS}"]
+    assert order_of(q, now=4.0) == [f"orders@{3 * HOUR_MS}", f"orders@{4 * HOUR_MS}"]
+    # clicks, still without a record, were not waited for again
+
+
+def test_live_traffic_never_waits_for_a_caught_up_input() -> None:
+    kafka = Kafka()
+    now_ms = 48 * HOUR_MS
+    q = backlog_queues(kafka, wall_ms=now_ms)
+    deliver(q, kafka, "views", 0, now_ms - 1_000)
+    deliver(q, kafka, "orders", 0, now_ms - 500)
+    assert order_of(q, now=0.0) == [f"views@{now_ms - 1_000}", f"orders@{now_ms - 500}"]
