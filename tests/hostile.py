@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ripple.simulate import Dataset, Message
+from ripple.simulator import Dataset, Message
 from streams.events import SCHEMA_DIR
 
 DAY_MS = 86_400_000

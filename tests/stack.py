@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.simulate import SimConfig, generate, produce
+from ripple.simulator import SimConfig, generate, produce
 from sinks.clickhouse import ClickHouse
 
 ROOT = Path(__file__).resolve().parent.parent

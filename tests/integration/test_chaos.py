@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 from stack import assert_paid_as_the_truth, eventually, get, spawn
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.simulate import Dataset, SimConfig, generate, parse_inject, produce
+from ripple.simulator import Dataset, SimConfig, generate, parse_inject, produce
 from sinks.clickhouse import ClickHouse
 from sinks.runner import SINK_GROUP
 from streams.topics import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS

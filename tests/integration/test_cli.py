@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ripple.config import ConfigError, load_settings
+from ripple.checks import ConfigError
+from ripple.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from stack import get, kill_all, spawn, wait_for
 
 from ripple.broker import EmbeddedBroker, create_topics, free_port
-from ripple.intake import IpHasher, topic_key
+from ripple.collector.intake import IpHasher, topic_key
 from streams.fraud import is_bot, load_config
 from streams.kafka import Secret
 from streams.partitioner import partition_for

@@ -47,7 +47,7 @@ def test_the_worker_consumer_takes_the_setting_not_faust_s_fixed_wait() -> None:
 
 @pytest.mark.parametrize("value", ["0", "10001", "-5"])
 def test_out_of_range_waits_are_refused(value: str) -> None:
-    from ripple.config import ConfigError
+    from ripple.checks import ConfigError
 
     with pytest.raises(ConfigError, match="RIPPLE_FETCH_WAIT_MS must be between 1 and 10000"):
         load_settings({"RIPPLE_FETCH_WAIT_MS": value})

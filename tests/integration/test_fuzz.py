@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from hostile import PREFIX, Generator, Hostile, corpus, count
 from stack import assert_paid_as_the_truth, get, running_stack, wait_for
 
-from ripple.simulate import PRODUCER_TUNING, Message, SimConfig, generate, parse_inject
+from ripple.simulator import PRODUCER_TUNING, Message, SimConfig, generate, parse_inject
 from sinks.clickhouse import ClickHouse
 from streams.kafka import producer_config
 

@@ -353,8 +353,8 @@ def test_prometheus_expressions_parse(tmp_path: Path) -> None:
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouse, datetime, datetime]]:
     """chDB filled through the whole stack (broker, worker, sink) with a simulated program
     that includes every kind of injected fraud."""
-    from ripple import evaluate
-    from ripple.simulate import SimConfig, generate, parse_inject
+    from ripple.bench import evaluate
+    from ripple.simulator import SimConfig, generate, parse_inject
 
     data_dir = Path(tmp_path_factory.mktemp("grafana"))
     cfg = SimConfig(seed=5, start_ms=SIM_START_MS, views=3000, inject=parse_inject("all"))

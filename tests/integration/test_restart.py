@@ -21,7 +21,7 @@ import pytest
 from stack import assert_paid_as_the_truth, get, running_stack, wait_for
 
 from ripple.broker import free_port
-from ripple.simulate import SimConfig, generate, parse_inject, produce
+from ripple.simulator import SimConfig, generate, parse_inject, produce
 from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration

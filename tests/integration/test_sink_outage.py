@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from stack import assert_paid_as_the_truth, running_stack, sink_metrics, wait_drained
 
-from ripple.simulate import produce
+from ripple.simulator import produce
 from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration

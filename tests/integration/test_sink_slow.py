@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from stack import assert_paid_as_the_truth, running_stack, sink_metrics, wait_drained
 
-from ripple.simulate import produce
+from ripple.simulator import produce
 from ripple.web import OffsetMonitor
 from sinks.clickhouse import ClickHouse
 from sinks.runner import SINK_GROUP, SINK_TOPICS

@@ -27,7 +27,7 @@ import orjson
 import pytest
 from agent_kit import box_for, make_table, rows, unsent
 
-from ripple.simulate import SimConfig, generate, parse_inject
+from ripple.simulator import SimConfig, generate, parse_inject
 from sinks.clickhouse import ClickHouse
 from sinks.tables import DEAD_LETTER_COLUMNS, JSON_TABLES, SPECS, rows_for_message
 from streams import attribution as attr

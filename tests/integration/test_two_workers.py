@@ -18,7 +18,7 @@ import pytest
 from stack import assert_paid_as_the_truth, get, running_stack
 
 from ripple.broker import free_port
-from ripple.simulate import SimConfig, generate, produce
+from ripple.simulator import SimConfig, generate, produce
 from sinks.clickhouse import ClickHouse
 
 pytestmark = pytest.mark.integration

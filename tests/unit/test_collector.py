@@ -1,4 +1,4 @@
-"""The collector's pure parts (ripple/intake.py): reading bodies, validation (the workers'
+"""The collector's pure parts (ripple/collector/intake.py): reading bodies, validation (the workers'
 own), grouping by partition (the workers' placement), ip hashing, the rate limit, and the
 collector's settings. No broker, no HTTP: tests/integration/test_collector_service.py runs those."""
 
@@ -16,9 +16,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hostile import Generator, corpus
 
+from ripple.checks import ConfigError, collector_origins
 from ripple.collector import load_salt, producer_tuning
-from ripple.config import ConfigError, collector_origins, load_settings
-from ripple.intake import (
+from ripple.collector.intake import (
     CHUNK_BYTES,
     MAX_EVENT_BYTES,
     TOPICS,
@@ -39,7 +39,8 @@ from ripple.intake import (
     visitor_id,
     with_param,
 )
-from ripple.simulate import SimConfig, generate
+from ripple.config import load_settings
+from ripple.simulator import SimConfig, generate
 from streams.events import decode, message_time, raw_identity, validate
 from streams.kafka import Secret, producer_config
 from streams.partitioner import partition_for

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ripple.simulate import SimConfig, generate
+from ripple.simulator import SimConfig, generate
 from streams import attribution as attr
 from streams.partitioner import partition_for
 from streams.reference import ReferenceData

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from ripple.config import DAY_MS
-from ripple.simulate import SimConfig, generate
+from ripple.simulator import SimConfig, generate
 from streams.events import (
     MAX_BATCH_EVENTS,
     MAX_DEPTH,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ripple import evaluate
+from ripple.bench import evaluate
 
 pytestmark = pytest.mark.integration
 

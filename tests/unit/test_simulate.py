@@ -10,7 +10,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from ripple.simulate import TIER_RATES, Dataset, SimConfig, generate, tier_of
+from ripple.simulator import TIER_RATES, Dataset, SimConfig, generate, tier_of
 from streams.events import SCHEMA_DIR
 from streams.topics import INPUT_TOPICS
 
@@ -160,7 +160,7 @@ def test_demo_traffic_never_goes_back_in_time_nor_into_the_future() -> None:
     """Windows follow each other forward; the one that reaches the present is released in
     real time. No event is late behind what was sent before it (beyond the simulator's own
     order within a partition), and none is in the future when it is sent."""
-    from ripple.simulate import demo_stream
+    from ripple.simulator import demo_stream
 
     now = int(time.time() * 1000)
     cfg = SimConfig(seed=3, start_ms=now - 2 * 86_400_000 - 7_200_000, days=1.0, views=300, malformed_share=0)

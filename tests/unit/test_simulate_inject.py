@@ -15,7 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from ripple.config import DAY_MS
-from ripple.simulate import (
+from ripple.simulator import (
     HOUR_MS,
     INJECT_TYPES,
     Dataset,

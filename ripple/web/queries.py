@@ -1,9 +1,8 @@
-"""The built-in dashboard's five views: one named set of parameterised queries per view.
-
-``GET /api/view/{name}?model=last_click`` runs the view's queries against the sink's
-ClickHouse and returns ``{query name: rows}``. The same questions as the Grafana
-dashboards in ``deploy/grafana/``, for the embedded mode where there is no Grafana.
-"""
+"""Every read-side query of the web server, in one place: the API's leaderboard, chains and
+totals, and the built-in dashboard's five views (``GET /api/view/{name}?model=last_click``
+runs a view's queries and returns ``{query name: rows}``). The views ask the same questions
+as the Grafana dashboards in ``deploy/grafana/``, for the embedded mode where there is no
+Grafana. Values reach ClickHouse only as query parameters."""
 
 from __future__ import annotations
 
@@ -11,6 +10,53 @@ from typing import Any
 
 from sinks.clickhouse import ClickHouse
 from streams.models import MODELS
+
+LEADERBOARD_SQL = """
+SELECT
+    a.referrer_id AS creator_id,
+    any(c.handle) AS handle,
+    any(c.tier) AS tier,
+    round(sum(a.credit), 2) AS conversions,
+    sum(a.revenue_minor) AS revenue_minor,
+    sum(a.commission_minor) AS commission_minor,
+    any(a.currency) AS currency
+FROM ripple.attributions AS a FINAL
+LEFT JOIN (SELECT creator_id, handle, tier FROM ripple.creators FINAL) AS c
+    ON c.creator_id = a.referrer_id
+WHERE a.model = {model:String} AND a.credit > 0
+GROUP BY a.referrer_id
+ORDER BY revenue_minor DESC
+LIMIT {limit:UInt32}
+"""
+
+CHAINS_SQL = """
+SELECT
+    ch.root_id AS root_id,
+    coalesce(nullIf(c.handle, ''), ch.root_id) AS name,
+    ch.nodes AS nodes,
+    ch.depth AS depth,
+    ch.k_by_generation AS k_by_generation,
+    round(ch.structural_virality, 2) AS structural_virality,
+    ch.viral AS viral,
+    ch.new_nodes_24h AS new_nodes_24h,
+    ch.cascade_revenue_minor AS cascade_revenue_minor
+FROM ripple.chains AS ch FINAL
+LEFT JOIN (SELECT creator_id, handle FROM ripple.creators FINAL) AS c ON c.creator_id = ch.root_id
+WHERE ch.nodes > 1
+ORDER BY ch.viral DESC, ch.nodes DESC
+LIMIT {limit:UInt32}
+"""
+
+TOTALS_SQL = """
+SELECT
+    (SELECT count() FROM ripple.views FINAL) AS views,
+    (SELECT count() FROM ripple.clicks FINAL) AS clicks,
+    (SELECT count() FROM ripple.orders FINAL) AS orders,
+    (SELECT uniqExact(order_id) FROM ripple.attributions FINAL WHERE credit > 0) AS attributed,
+    (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters,
+    (SELECT count() FROM ripple.chain_nodes FINAL WHERE parent_id != '' AND active = 1) AS chain_nodes
+"""
+
 
 VIEWS: dict[str, dict[str, str]] = {
     "creators": {

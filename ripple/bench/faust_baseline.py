@@ -1,6 +1,6 @@
 """The plain Faust baseline of ``ripple bench``: one agent, one event at a time, decode only.
 
-``python -m ripple.bench_faust --bootstrap HOST:PORT --expect N --data-dir DIR`` reads the
+``python -m ripple.bench.faust_baseline --bootstrap HOST:PORT --expect N --data-dir DIR`` reads the
 input topics views, clicks, orders and refunds from the beginning with a raw value
 serializer, decodes every value with ``orjson.loads`` (a JSON array counts its items) and,
 once ``N`` events are counted, prints ``{"events": N, "seconds": S}`` (``S`` from the first
@@ -25,7 +25,7 @@ TOPICS = ("views", "clicks", "orders", "refunds")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ripple.bench_faust", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ripple.bench.faust_baseline", description=__doc__)
     p.add_argument("--bootstrap", required=True, help="Kafka HOST:PORT")
     p.add_argument("--expect", type=int, required=True, help="events to count before exiting")
     p.add_argument("--data-dir", type=Path, required=True, help="Faust's data directory")

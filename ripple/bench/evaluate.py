@@ -29,7 +29,7 @@ from typing import Any
 
 from ripple.broker import free_port
 from ripple.config import SECURITY_VARIABLES
-from ripple.simulate import SimConfig, generate, interleave, parse_inject, produce
+from ripple.simulator import SimConfig, generate, interleave, parse_inject, produce
 from streams.fraud import RULE_SEVERITIES, load_config
 
 #: targets at the default thresholds on the standard scenario
@@ -37,7 +37,7 @@ MIN_PRECISION = 0.90
 MIN_RECALL = 0.95
 #: the fraud rules scored (viral_chain is informational, not fraud)
 RULES = tuple(dict.fromkeys(rule for rule, _ in RULE_SEVERITIES if rule != "viral_chain"))
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def programs(scenario: Scenario, rules: Path | None = None) -> list[tuple[SimCon
     return out
 
 
-def _get(url: str) -> Any:
+def get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - a local address we started
         return json.loads(resp.read())
 
@@ -249,8 +249,8 @@ def _wait_drained(web: str, expected_orders: int, proc: subprocess.Popen[bytes],
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ripple up exited with {proc.returncode} while events were processed")
-        health = _get(f"{web}/healthz")
-        totals = _get(f"{web}/api/totals")
+        health = get(f"{web}/healthz")
+        totals = get(f"{web}/api/totals")
         lags = {**health.get("topics", {}), **{f"p:{k}": v for k, v in health.get("pipeline", {}).items()}}
         offsets = {k: v["committed"] for k, v in lags.items()}
         idle = all(v["lag"] == 0 for v in lags.values()) and totals.get("orders") == expected_orders

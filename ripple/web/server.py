@@ -18,61 +18,15 @@ from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from ripple import dashboard
+from ripple.web import queries
 from sinks.clickhouse import ClickHouse
 from streams.kafka import PLAINTEXT, KafkaSecurity, Secret
 from streams.metrics import SinkMetrics
 from streams.topics import INPUT_TOPICS
 
 log = logging.getLogger("ripple.web")
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parent.parent / "static"
 WORKER_GROUP = "ripple"  # the Faust app id is the worker's consumer group
-
-LEADERBOARD_SQL = """
-SELECT
-    a.referrer_id AS creator_id,
-    any(c.handle) AS handle,
-    any(c.tier) AS tier,
-    round(sum(a.credit), 2) AS conversions,
-    sum(a.revenue_minor) AS revenue_minor,
-    sum(a.commission_minor) AS commission_minor,
-    any(a.currency) AS currency
-FROM ripple.attributions AS a FINAL
-LEFT JOIN (SELECT creator_id, handle, tier FROM ripple.creators FINAL) AS c
-    ON c.creator_id = a.referrer_id
-WHERE a.model = {model:String} AND a.credit > 0
-GROUP BY a.referrer_id
-ORDER BY revenue_minor DESC
-LIMIT {limit:UInt32}
-"""
-
-CHAINS_SQL = """
-SELECT
-    ch.root_id AS root_id,
-    coalesce(nullIf(c.handle, ''), ch.root_id) AS name,
-    ch.nodes AS nodes,
-    ch.depth AS depth,
-    ch.k_by_generation AS k_by_generation,
-    round(ch.structural_virality, 2) AS structural_virality,
-    ch.viral AS viral,
-    ch.new_nodes_24h AS new_nodes_24h,
-    ch.cascade_revenue_minor AS cascade_revenue_minor
-FROM ripple.chains AS ch FINAL
-LEFT JOIN (SELECT creator_id, handle FROM ripple.creators FINAL) AS c ON c.creator_id = ch.root_id
-WHERE ch.nodes > 1
-ORDER BY ch.viral DESC, ch.nodes DESC
-LIMIT {limit:UInt32}
-"""
-
-TOTALS_SQL = """
-SELECT
-    (SELECT count() FROM ripple.views FINAL) AS views,
-    (SELECT count() FROM ripple.clicks FINAL) AS clicks,
-    (SELECT count() FROM ripple.orders FINAL) AS orders,
-    (SELECT uniqExact(order_id) FROM ripple.attributions FINAL WHERE credit > 0) AS attributed,
-    (SELECT count() FROM ripple.dead_letters FINAL) AS dead_letters,
-    (SELECT count() FROM ripple.chain_nodes FINAL WHERE parent_id != '' AND active = 1) AS chain_nodes
-"""
 
 
 class OffsetMonitor:
@@ -157,7 +111,7 @@ def build_app(
             limit = max(1, min(100, int(request.query.get("limit", "20"))))
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be an integer") from None
-        rows = await blocking(ch.query_dicts, LEADERBOARD_SQL, {"model": model, "limit": limit})
+        rows = await blocking(ch.query_dicts, queries.LEADERBOARD_SQL, {"model": model, "limit": limit})
         return web.json_response(rows)
 
     async def top_chains(request: web.Request) -> web.Response:
@@ -165,16 +119,16 @@ def build_app(
             limit = max(1, min(100, int(request.query.get("limit", "10"))))
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be an integer") from None
-        rows = await blocking(ch.query_dicts, CHAINS_SQL, {"limit": limit})
+        rows = await blocking(ch.query_dicts, queries.CHAINS_SQL, {"limit": limit})
         return web.json_response(rows)
 
     async def view(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         model = request.query.get("model", "last_click")
         try:
-            body: dict[str, Any] = await blocking(dashboard.query_view, ch, name, model)
-        except dashboard.UnknownView:
-            raise web.HTTPNotFound(text=f"no view {name!r}; views: {', '.join(dashboard.VIEWS)}") from None
+            body: dict[str, Any] = await blocking(queries.query_view, ch, name, model)
+        except queries.UnknownView:
+            raise web.HTTPNotFound(text=f"no view {name!r}; views: {', '.join(queries.VIEWS)}") from None
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         if name == "pipeline":
@@ -190,7 +144,7 @@ def build_app(
         return web.json_response(body)
 
     async def totals(_: web.Request) -> web.Response:
-        rows = await blocking(ch.query_dicts, TOTALS_SQL)
+        rows = await blocking(ch.query_dicts, queries.TOTALS_SQL)
         return web.json_response(rows[0] if rows else {})
 
     app.router.add_get("/", index)
