@@ -288,7 +288,7 @@ def test_dockerfile_copies_what_the_image_reads() -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
             copied.add(source.rstrip("/"))
-    # read at run time beside the packages (streams/events.py, sinks/clickhouse.py, streams/fraud.py)
+    # read at run time beside the packages (streams/events.py, sinks/clickhouse.py, streams/fraud/config.py)
     for needed in ("ripple", "streams", "sinks", "schemas", "deploy/clickhouse", "deploy/fraud"):
         assert needed in copied, f"the image lacks {needed}"
     assert re.search(r"^USER (?!root)\S+", text, flags=re.MULTILINE), "run as a non-root user"

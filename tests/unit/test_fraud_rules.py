@@ -1,4 +1,4 @@
-"""Fraud and leakage rules at and around every threshold (streams/fraud.py)."""
+"""Fraud and leakage rules at and around every threshold (streams/fraud/)."""
 
 from __future__ import annotations
 
