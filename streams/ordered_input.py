@@ -118,8 +118,7 @@ class OrderedInput:
             high = consumer.highwater(tp)
         except Exception:  # not assigned (any more): nothing to wait for
             return False
-        if next_offset is None:
-            next_offset = faust_state.base(consumer).get(tp)
+        next_offset = self._expected(tp, next_offset)
         if high is None or high < 0:
             return True  # not fetched yet
         if next_offset is None or next_offset < high:
@@ -170,6 +169,21 @@ class OrderedInput:
             )
             self.reclaimed[tp] = offset
 
+    def _expected(self, tp: TP, delivered: int | None) -> int | None:
+        """The next offset of ``tp`` this input needs: past what was ``delivered`` to it,
+        and never behind the group's committed offset — every record before that was
+        handled, here or by the worker that had the partition. Nothing delivered since the
+        assignment: the committed offset, else where the assignment's seek put the
+        partition. (A partition handed back by another worker can first be sought to its
+        start, before that worker's last commit is known, and then to the commit: the
+        records delivered in between made the input wait for, and read again, thousands
+        of records the group had handled.)"""
+        consumer = self.app.consumer
+        committed = faust_state.committed(consumer).get(tp)
+        if delivered is None:
+            return committed if committed is not None else faust_state.base(consumer).get(tp)
+        return delivered if committed is None else max(delivered, committed)
+
     def _missing(self, topic: str, partition: int, offset: int) -> bool:
         """Whether an earlier record of the partition never reached this input (dropped on
         its way through Faust's streams): the partition is read again from it, and what
@@ -177,12 +191,7 @@ class OrderedInput:
         stream clock would skip it as handled, and the commit would pass it. After
         ``GAP_WINDOW_S`` the gap is taken as real, with an error in the log."""
         tp = TP(topic, partition)
-        want = self.queues.next_offset.get((topic, partition))
-        if want is None:  # nothing delivered since the assignment: where the consumer started
-            consumer = self.app.consumer
-            want = faust_state.committed(consumer).get(tp)
-            if want is None:
-                want = faust_state.base(consumer).get(tp)
+        want = self._expected(tp, self.queues.next_offset.get((topic, partition)))
         if want is None or offset <= want:
             self.gaps.pop(tp, None)
             return False

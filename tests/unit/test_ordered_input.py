@@ -125,3 +125,29 @@ async def test_after_an_assignment_the_first_record_is_expected_at_the_committed
     consumer._committed_offset[tp] = 40  # committed since
     assert src.add(record(40, 0), items(40)) == [] and buffered(src) == 1, "not read again from 1"
     assert not src.reseeks
+
+
+async def test_records_the_group_committed_meanwhile_are_not_missing() -> None:
+    # a partition handed back by another worker: sought to its start before that worker's
+    # last commit was known (offset 0 delivered), then to the commit (offset 40)
+    src = source()
+    consumer: Any = src.app.consumer
+    tp = record(0, 0).message.tp
+    src.add(record(0, 0), items(0))
+    consumer._committed_offset[tp] = 40
+    assert src.add(record(40, 0), items(40)) == []
+    assert not src.reseeks, "not read again from 1: offsets 1..39 were handled by the group"
+    assert buffered(src) == 2
+    assert src._expected(tp, src.queues.next_offset[("views", 0)]) == 41
+
+
+async def test_a_record_ahead_of_the_committed_offset_is_still_missing() -> None:
+    src = source()
+    consumer: Any = src.app.consumer
+    tp = record(0, 0).message.tp
+    consumer._committed_offset[tp] = 5
+    src.add(record(5, 0), items(5))
+    assert src.add(record(7, 0), items(7)) == [] and buffered(src) == 1, "offset 6 never came"
+    assert src.reseeks
+    for seek in list(src.reseeks):
+        seek.cancel()
