@@ -62,6 +62,13 @@ def committed(consumer: Any) -> dict[Any, int | None]:
     return dict(getattr(consumer, "_committed_offset", {}))
 
 
+def committed_of(consumer: Any, tp: Any) -> int | None:
+    """The offset this worker committed last for ``tp`` (no copy of the table: read per
+    message by the ordered inputs)."""
+    table: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    return table.get(tp)
+
+
 def held_by_a_handler(consumer: Any, tp: Any) -> bool:
     """Whether a message of ``tp`` was delivered and is not acknowledged yet."""
     return any(m.tp == tp for m in list(consumer._unacked_messages))

@@ -179,7 +179,7 @@ class OrderedInput:
         records delivered in between made the input wait for, and read again, thousands
         of records the group had handled.)"""
         consumer = self.app.consumer
-        committed = faust_state.committed(consumer).get(tp)
+        committed = faust_state.committed_of(consumer, tp)
         if delivered is None:
             return committed if committed is not None else faust_state.base(consumer).get(tp)
         return delivered if committed is None else max(delivered, committed)

@@ -25,7 +25,7 @@ def unhandled_from(app: Any, tp: Any, want: int | None) -> int | None:
     if want is None:
         return None
     consumer = app.consumer
-    committed = faust_state.committed(consumer).get(tp)
+    committed = faust_state.committed_of(consumer, tp)
     first = committed if committed is not None else faust_state.base(consumer).get(tp)
     if first is None or first >= want:
         return None
