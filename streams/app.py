@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -39,8 +39,10 @@ from streams.agents import visitors as visitor_logic
 from streams.batch import Guard, Intake, Outbox, StreamClock, keyed_records, keyed_updates, topic_updates
 from streams.kafka import producer_config
 from streams.metrics import WorkerMetrics
+from streams.ordered_agent import Handle, Items, OrderedAgent, wake_while_running
 from streams.ordered_input import OrderedInput
 from streams.outbound import PRODUCER_TUNING, Outbound
+from streams.records import StateCodec
 from streams.reference import ReferenceData
 from streams.reference_reader import ReferenceReader
 from streams.settle import Settled
@@ -54,15 +56,12 @@ log = logging.getLogger("ripple.worker")
 APP_ID = "ripple"
 #: topics the worker's agents read (not changelogs, not the compacted reference topics)
 STREAM_TOPICS = frozenset({*COPARTITIONED_TOPICS, "refunds", *INTERNAL_TOPICS})
-#: how often a task waiting for a lagging input checks whether its wait is over
-IDLE_CHECK_S = 0.05
+Handler = Callable[[list[Any], Outbox], Awaitable[Any]]
+STATE_TABLES = ("visitor_state", "referrer_state", "order_state", "chain_state", "flood_state", "alert_state")
 
 
-def create_app(settings: Settings) -> faust.App:
-    assert settings.bootstrap, "the worker needs a broker address"
-    faust_fixes.install(COMPACTED_TOPICS)
-    faust_fixes.install_fetch_wait(settings.fetch_wait_ms)
-    app = faust.App(
+def faust_app(settings: Settings) -> faust.App:
+    return faust.App(
         APP_ID,
         broker=f"kafka://{settings.bootstrap}",
         broker_credentials=settings.kafka.faust_credentials(),  # None: PLAINTEXT
@@ -85,6 +84,36 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         topic_allow_declare=True,
     )
+
+
+def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    return app.topic(*names, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+
+
+def state_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of JSON state records (:mod:`streams.records`), kept in memory and restored
+    from its changelog topic."""
+    codec = StateCodec(name)
+    table: Any = app.Table(
+        name,
+        default=None,
+        key_type=bytes,  # keys travel raw in the changelog: the table derives its serializer from this
+        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer=codec),
+        partitions=partitions,
+    )
+    # Faust derives the value serializer from value_type ("json") and gives it to the
+    # changelog topic when the table is added, over the schema's: what recovery reads with
+    table.value_serializer = codec
+    table.changelog_topic.schema.update(value_serializer=codec)
+    table.changelog_topic.value_serializer = codec  # Topic's attribute, not in TopicT
+    return table
+
+
+def create_app(settings: Settings) -> faust.App:
+    assert settings.bootstrap, "the worker needs a broker address"
+    faust_fixes.install(COMPACTED_TOPICS)
+    faust_fixes.install_fetch_wait(settings.fetch_wait_ms)
+    app = faust_app(settings)
     metrics = WorkerMetrics()
     for rule, severity in fraud.RULE_SEVERITIES:  # every series exists from the start, at 0
         metrics.alerts.labels(rule, severity)
@@ -93,38 +122,12 @@ def create_app(settings: Settings) -> faust.App:
     reader = ReferenceReader(settings.bootstrap, reference, APP_ID, security=settings.kafka)
     app.service(reader)  # type: ignore[arg-type]  # an instance is accepted at run time
     faust_fixes.install_recovery_ends(reader.true_ends)
-    windows = visitor_logic.windows_for(settings, rules)
     batch, within = settings.worker_batch, settings.worker_batch_ms / 1000
     max_idle_s = settings.max_task_idle_ms / 1000
 
-    def raw_topic(*names: str) -> faust.TopicT:
-        return app.topic(*names, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-
-    def state_table(name: str) -> Any:
-        return app.Table(
-            name,
-            default=None,
-            key_type=bytes,  # keys travel raw in the changelog: the table derives its serializer from this
-            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-            partitions=settings.partitions,
-        )
-
     # every topic exists before the worker starts (`ripple worker` creates what is missing)
-    chains_topic = raw_topic("ripple-chains")
-    clicks_by_ip_topic = raw_topic("ripple-clicks")
-    alert_candidates_topic = raw_topic("ripple-alerts")
-    deadletter_topic = raw_topic("deadletter")
-    visitor_state = state_table("visitor_state")
-    referrer_state = state_table("referrer_state")
-    order_state = state_table("order_state")
-    chain_state = state_table("chain_state")
-    flood_state = state_table("flood_state")
-    alert_state = state_table("alert_state")
-    changelog_names = {
-        id(table): table.changelog_topic.get_topic_name()
-        for table in (visitor_state, referrer_state, order_state, chain_state, flood_state, alert_state)
-    }
-
+    tables = {name: state_table(app, name, settings.partitions) for name in STATE_TABLES}
+    changelog_names = {id(table): table.changelog_topic.get_topic_name() for table in tables.values()}
     processed: dict[tuple[str, int], int] = {}  # last offset handled per topic partition
 
     # Outputs and changelog records go through librdkafka (see streams.outbound); Faust
@@ -135,55 +138,48 @@ def create_app(settings: Settings) -> faust.App:
     def new_box() -> Outbox:
         return Outbox(settings.partitions, outbound, metrics, changelog_names, processed)
 
-    intake = Intake(deadletter_topic.send, metrics, settings.max_future_ms)
-    decode_message = intake.decode
+    intake = Intake(raw_topic(app, "deadletter").send, metrics, settings.max_future_ms)
     guarded = Guard(new_box)
-    stage = guarded.stage
+    visitor_clock = StreamClock(tables["visitor_state"], "visitors")
+    order_clock = StreamClock(tables["order_state"], "orders")
 
-    visitor_clock = StreamClock(visitor_state, "visitors")
-    order_clock = StreamClock(order_state, "orders")
+    def agent(topics: tuple[str, ...], name: str, handler: Handler, lock: asyncio.Lock | None = None) -> None:
+        @app.agent(raw_topic(app, *topics), name=name)
+        async def take_batches(stream: Any) -> None:
+            async for events in stream.take_events(batch, within=within):
+                await guarded(handler, events, lock)
 
-    # -- visitors: views, clicks, orders (+ fraud verdicts on clicks) -> credits ---------
-    # Each task's inputs are taken in event-time order (SPEC §3.5, streams.ordering); a
-    # flood verdict counts at its click's time.
-    visitors_in = OrderedInput(
-        app,
-        "visitors",
-        (*COPARTITIONED_TOPICS, "ripple-blocks"),
-        max_idle_s,
-        metrics,
-        reader,
-        backlog_ms=settings.max_lateness_ms,
-        idle_topics=COPARTITIONED_TOPICS,
-    )
-    visitor_lock = asyncio.Lock()  # the agent and the timer that ends a task's wait
+    def ordered_agent(
+        name: str, topics: tuple[str, ...], idle_topics: tuple[str, ...], items: Items, handle: Handle
+    ) -> OrderedAgent:
+        """An agent whose tasks take their inputs in event-time order (SPEC §3.5,
+        streams.ordering); in a backlog an empty ``idle_topics`` input is waited for."""
+        source = OrderedInput(
+            app, name, topics, max_idle_s, metrics, reader, backlog_ms=settings.max_lateness_ms, idle_topics=idle_topics
+        )
+        ordered = OrderedAgent(source, guarded, items, handle)
 
-    @app.agent(raw_topic(*COPARTITIONED_TOPICS, "ripple-blocks"), name="visitors")
-    async def visitor_agent(stream: Any) -> None:
-        visitors_in.attach(stream)
-        async for events in stream.noack_take(batch, within=within):
-            await guarded(receive_visitor_batch, events, visitor_lock)
+        @app.agent(raw_topic(app, *topics), name=name)
+        async def take_in_order(stream: Any) -> None:
+            await ordered.run(stream, batch, within)
 
-    async def receive_visitor_batch(events: list[Any], box: Outbox) -> None:
-        await visitors_in.receive(events, box, visitor_items)
-        await drain_visitors(events, box)
+        return ordered
 
-    async def visitor_items(msg: Any) -> list[tuple[int, visitor_logic.Item]]:
-        if msg.topic == visitor_logic.BLOCKS:
-            return visitor_logic.verdict_items(msg, keyed_records(msg))
-        return visitor_logic.event_items(msg, await decode_message(msg))
-
-    async def drain_visitors(events: list[Any], box: Outbox) -> None:
-        await handle_visitor_items(visitors_in.taken(box), box)
-        visitors_in.regulate()
-
+    # -- visitors: views, clicks, orders (+ flood verdicts on clicks) -> credits ---------
     visitors = visitor_logic.Visitors(
-        visitor_state,
+        tables["visitor_state"],
         visitor_clock,
         reference,
-        visitor_logic.Settings(windows, rules, settings.policy, settings.commission_model),
+        visitor_logic.Settings(
+            visitor_logic.windows_for(settings, rules), rules, settings.policy, settings.commission_model
+        ),
         metrics,
     )
+
+    async def visitor_items(msg: Any) -> list[tuple[int, visitor_logic.Item]]:
+        if msg.topic == visitor_logic.BLOCKS:  # a flood verdict counts at its click's time
+            return visitor_logic.verdict_items(msg, keyed_records(msg))
+        return visitor_logic.event_items(msg, await intake.decode(msg))
 
     async def handle_visitor_items(items: list[visitor_logic.Item], box: Outbox) -> None:
         """A task's events in event-time order (streams.agents.visitors)."""
@@ -200,36 +196,34 @@ def create_app(settings: Settings) -> faust.App:
         guarded.mark("handle_visitor_items", "handled; its batch flushes next", len(items))
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    # -- clicks per ip and referrer -> flood verdicts back to the visitors --------------
-    @app.agent(clicks_by_ip_topic, name="floods")
-    async def flood_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_flood_batch, events)
+    visitors_in = ordered_agent(
+        "visitors",
+        (*COPARTITIONED_TOPICS, visitor_logic.BLOCKS),
+        COPARTITIONED_TOPICS,
+        visitor_items,
+        handle_visitor_items,
+    )
 
+    # -- clicks per ip and referrer -> flood verdicts; alert candidates -> alerts -------
     async def handle_flood_batch(events: list[Any], box: Outbox) -> None:
-        flood_agent_logic.handle(keyed_updates(events, box), flood_state, box, rules)
-
-    # -- alert candidates -> one alert per rule, subject and cool-down period ----------
-    @app.agent(alert_candidates_topic, name="alerts")
-    async def alert_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_alert_batch, events)
+        flood_agent_logic.handle(keyed_updates(events, box), tables["flood_state"], box, rules)
 
     async def handle_alert_batch(events: list[Any], box: Outbox) -> None:
-        for row in alert_agent_logic.handle(keyed_updates(events, box), alert_state, box, rules):
+        for row in alert_agent_logic.handle(keyed_updates(events, box), tables["alert_state"], box, rules):
             metrics.alerts.labels(row["rule"], row["severity"]).inc()
+
+    agent(("ripple-clicks",), "floods", handle_flood_batch)
+    agent(("ripple-alerts",), "alerts", handle_alert_batch)
 
     # -- referrers: credits and lineage claims -> attributions, terms, chain updates ----
     referrers = referrer_agent_logic.Referrers(
-        referrer_state,
+        tables["referrer_state"],
         referrer_agent_logic.context(reference, settings.commission_model, rules),
         settings.partitions,
     )
-
-    @app.agent(raw_topic("ripple-credits", referrer_agent_logic.CLAIMS), name="referrers")
-    async def referrer_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_referrer_batch, events, referrer_lock)
+    # The referrer agent and the release timer change referrer_state; a flush waits for the
+    # broker, so without this one's changelog record (a snapshot) could follow the other's.
+    referrer_lock = asyncio.Lock()
 
     async def handle_referrer_batch(events: list[Any], box: Outbox) -> None:
         # plans, creators' identities (self-referral) and followers come from the reference
@@ -237,157 +231,90 @@ def create_app(settings: Settings) -> faust.App:
         await reader.ready()
         referrers.handle(topic_updates(events, box), box, settled.before)
 
+    agent(("ripple-credits", referrer_agent_logic.CLAIMS), "referrers", handle_referrer_batch, referrer_lock)
+
     # where a claim can still be on its way from: inputs, verdicts that restate, credits, claims
     upstream = {*COPARTITIONED_TOPICS, "ripple-clicks", "ripple-blocks", "ripple-credits", "ripple-lineage"}
-
     settled = Settled(reader, lambda: app.producer.flush(), upstream, processed)
     started_at = time.time()
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
-    async def forget_buffered(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # the consumer reads every assigned partition again from its committed offset
-        visitors_in.forget()
-        ledger_in.forget()
-        visitor_clock.forget()
-        order_clock.forget()
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
-    async def take_new_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
-        visitors_in.assigned()
-        ledger_in.assigned()
-
-    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
-    async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
-        # tables were just recovered for a new assignment: rebuild the in-memory indexes
-        referrers.forget_parked()
-        ledger.forget()
-        visitor_clock.forget()
-        order_clock.forget()
-
-    # The referrer agent and the release timer change referrer_state; a flush waits for the
-    # broker, so without this one's changelog record (a snapshot) could follow the other's.
-    referrer_lock = asyncio.Lock()
-
     @app.timer(0.05)  # cheap: a round only compares offsets this worker already knows
     async def release_parked() -> None:
-        if not await settled_now():
+        if not reader.is_ready():  # releasing books credits, which needs the reference data
+            return
+        metrics.parked.set(referrers.load_parked())
+        metrics.settled_lag.set(time.time() - (settled.before or started_at))
+        # a customer's place is settled only once no claim can be on its way
+        if not (await settled.advance() and referrers.parked):
             return
         async with referrer_lock:
             box = new_box()
             referrers.release(box, settled.before)
             await box.flush()
 
-    async def settled_now() -> bool:
-        """True when the settled time moved and some credit is parked."""
-        if not reader.is_ready():  # releasing books credits, which needs the reference data
-            return False
-        metrics.parked.set(referrers.load_parked())
-        metrics.settled_lag.set(time.time() - (settled.before or started_at))
-        # a customer's place is settled only once no claim can be on its way
-        return await settled.advance() and bool(referrers.parked)
-
     # -- chains: node and revenue updates per root -> chains rows, viral alerts ---------
-    @app.agent(chains_topic, name="chains")
-    async def chain_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(handle_chain_batch, events)
-
     async def handle_chain_batch(events: list[Any], box: Outbox) -> None:
-        chain_agent_logic.handle(keyed_updates(events, box), chain_state, box)
+        chain_agent_logic.handle(keyed_updates(events, box), tables["chain_state"], box)
 
-    # -- orders: refunds + commission terms -> ledger ----------------------------------
-    # Refunds and commission terms are taken in event-time order per task, as the visitors'
-    # inputs are: the ledger's clock (commission holds) moves only as they are processed.
-    ledger_in = OrderedInput(
-        app,
-        "ledger",
-        (ledger_logic.REFUNDS, "ripple-commissions"),
-        max_idle_s,
-        metrics,
-        reader,
-        backlog_ms=settings.max_lateness_ms,
-        idle_topics=(ledger_logic.REFUNDS,),
-    )
-    ledger_lock = asyncio.Lock()
+    agent(("ripple-chains",), "chains", handle_chain_batch)
 
-    @app.agent(raw_topic("refunds", "ripple-commissions"), name="ledger")
-    async def ledger_agent(stream: Any) -> None:
-        ledger_in.attach(stream)
-        async for events in stream.noack_take(batch, within=within):
-            await guarded(receive_ledger_batch, events, ledger_lock)
-
-    async def receive_ledger_batch(events: list[Any], box: Outbox) -> None:
-        await ledger_in.receive(events, box, ledger_items)
-        await drain_ledger(events, box)
+    # -- orders: refunds + commission terms -> ledger, in event-time order per task: the
+    # ledger's clock (commission holds) moves only as they are processed ----------------
+    ledger = ledger_logic.Ledger(tables["order_state"], order_clock)
 
     async def ledger_items(msg: Any) -> list[tuple[int, ledger_logic.Item]]:
-        records = await decode_message(msg) if msg.topic == ledger_logic.REFUNDS else [v for _, v in keyed_records(msg)]
+        records = await intake.decode(msg) if msg.topic == ledger_logic.REFUNDS else [v for _, v in keyed_records(msg)]
         return ledger_logic.items(msg, records)
 
-    async def drain_ledger(events: list[Any], box: Outbox) -> None:
-        ledger.handle(ledger_in.taken(box), box)
-        ledger_in.regulate()
+    async def handle_ledger_items(items: list[ledger_logic.Item], box: Outbox) -> None:
+        ledger.handle(items, box)
+
+    ledger_in = ordered_agent(
+        "ledger",
+        (ledger_logic.REFUNDS, "ripple-commissions"),
+        (ledger_logic.REFUNDS,),
+        ledger_items,
+        handle_ledger_items,
+    )
+    ordered = (visitors_in, ledger_in)
 
     @app.task
     async def inputs_waiting() -> None:
         """Process what a task of either ordered agent may take once its wait for a lagging
         input is over (no batch may come meanwhile)."""
-        ordered = ((visitors_in, visitor_lock, drain_visitors), (ledger_in, ledger_lock, drain_ledger))
-        while not app.should_stop:
-            await asyncio.sleep(IDLE_CHECK_S)
-            for source, lock, drain in ordered:
-                if source.has_buffered() and not lock.locked():
-                    await guarded(drain, [], lock)
-
-    ledger = ledger_logic.Ledger(order_state, order_clock)
+        await wake_while_running(ordered, lambda: not app.should_stop)
 
     # -- reference topics: validated for the dead-letter topic --------------------------
-    @app.agent(raw_topic("codes", "creators"), name="reference")
-    async def reference_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await guarded(intake.decode_batch, events)
+    agent(("codes", "creators"), "reference", intake.decode_batch)
 
-    @app.task
-    async def dump_tasks_on_signal() -> None:
-        """``kill -USR1`` a worker to log where every task waits (a stalled agent shows here)."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, watchdog.dump, app, stage, processed)
+    # -- rebalances: the consumer reads every assigned partition again from its committed
+    # offset; tables recovered for a new assignment rebuild their in-memory indexes -----
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def forget_buffered(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for task in ordered:
+            task.source.forget()
+        visitor_clock.forget()
+        order_clock.forget()
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def take_new_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for task in ordered:
+            task.source.assigned()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode passes signal= as a keyword
+    async def rescan_after_recovery(sender: Any, **kwargs: Any) -> None:
+        referrers.forget_parked()
+        ledger.forget()
+        visitor_clock.forget()
+        order_clock.forget()
+
+    # -- the watchdog, kill -USR1, /metrics and /healthz ---------------------------------
     def reclaim(tp: Any, offset: int) -> None:
-        visitors_in.reclaim(tp, offset)
-        ledger_in.reclaim(tp, offset)
+        for task in ordered:
+            task.source.reclaim(tp, offset)
 
-    unsticker = watchdog.Watchdog(app, STREAM_TOPICS, reader.end_offsets, metrics, reclaim)
+    watchdog.serve(app, watchdog.Watchdog(app, STREAM_TOPICS, reader.end_offsets, metrics, reclaim), guarded, processed)
 
-    @app.timer(5.0)
-    async def unstick_partitions() -> None:
-        """Partitions Faust's flow control left undelivered or unhandled are read again
-        (streams.watchdog)."""
-        await unsticker.check()
-
-    tables = {
-        "visitor_state": visitor_state,
-        "referrer_state": referrer_state,
-        "order_state": order_state,
-        "chain_state": chain_state,
-        "flood_state": flood_state,
-        "alert_state": alert_state,
-    }
-    ordered = ((visitors_in, "views", visitor_clock), (ledger_in, "refunds", order_clock))
-
-    @app.timer(5.0)
-    async def sample_gauges() -> None:
-        """Lag on this worker's partitions and the size of its state, for /metrics."""
-        health.sample_state(metrics, tables)
-        await health.sample_lag(metrics, app.consumer, processed)
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        body, content_type = health.render_metrics(metrics, health.task_status(app.consumer.assignment(), ordered))
-        return web.bytes(body, content_type=content_type)
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        tps = app.consumer.assignment()
-        return web.json(health.health(tps, health.task_status(tps, ordered), visitor_clock.times))
-
+    by_task = [(visitors_in.source, "views", visitor_clock), (ledger_in.source, "refunds", order_clock)]
+    health.serve(app, metrics, tables, by_task, processed, visitor_clock)
     return app

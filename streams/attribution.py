@@ -1,13 +1,10 @@
 """Attribution: a visitor's touches and orders in, credited rows out. Pure logic.
 
-State per visitor is a small JSON-able dict, so it can live in a Faust table:
+State per visitor is a :class:`streams.records.VisitorState`: touches sorted by ``ts``
+(``t``), retained orders (``o``) and touches blocked by a fraud verdict (``b``).
 
-``{"t": [[ts, kind, ref, event_id, eligible_from], ...],   # touches, sorted by ts
-   "o": [[ts, order_id, event_id, code, amount, currency, ever, customer, identities, domain, seen], ...],
-   "b": [[event_id, ts], ...]}``                          # touches blocked by a fraud verdict
-
-* ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"`` (view,
-  ``ref`` is the creator).
+* A touch's ``kind`` is ``"c"`` (click, ``ref`` is the code or slug, lower case) or ``"v"``
+  (view, ``ref`` is the creator).
 * ``eligible_from``: a touch that arrived late (more than ``max_lateness`` behind stream
   time) counts only for orders after the stream time it arrived at, so it never changes
   an order already seen, on the first run or on a replay.
@@ -36,15 +33,11 @@ from typing import Any
 
 from streams.lineage import order_identities
 from streams.models import DEFAULT_HALF_LIFE_MS, MODELS, weights
+from streams.records import Block, RetainedOrder, Touch, VisitorState
 from streams.reference import ReferenceData, Referrer
 
-State = dict[str, list[list[Any]]]
+State = VisitorState
 Row = dict[str, Any]
-
-# touch fields
-T_TS, T_KIND, T_REF, T_ID, T_FROM = range(5)
-# retained order fields
-O_TS, O_ID, O_EVENT, O_CODE, O_AMOUNT, O_CURRENCY, O_EVER, O_CUSTOMER, O_IDS, O_DOMAIN, O_SEEN = range(11)
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,7 @@ class Windows:
 
 
 def new_state() -> State:
-    return {"t": [], "o": []}
+    return VisitorState()
 
 
 def is_late(ts: int, stream_time: int, w: Windows) -> bool:
@@ -90,56 +83,55 @@ def late_row(topic: str, event: dict[str, Any], stream_time: int, partition: int
     }
 
 
-def add_touch(state: State, touch: list[Any], stream_time: int, w: Windows) -> list[list[Any]]:
+def add_touch(state: State, touch: Touch, stream_time: int, w: Windows) -> list[RetainedOrder]:
     """Store a touch; return the retained orders it restates (empty if late or duplicate)."""
-    touches = state["t"]
+    touches = state.t
     for t in touches:
-        if t[T_ID] == touch[T_ID]:
+        if t.event_id == touch.event_id:
             # A duplicate: changes nothing, but the orders the stored touch counts for are
             # emitted again so a replay that lost its first output still writes it.
-            return [o for o in state["o"] if _eligible(t, o[O_TS], w)]
-    late = is_late(touch[T_TS], stream_time, w)
+            return [o for o in state.o if _eligible(t, o.ts)]
+    late = is_late(touch.ts, stream_time, w)
     if late:
         # counts only for orders after the stream time it arrived at: none of the orders
         # already seen changes, whatever else restates them later (SPEC §3.5)
-        touch[T_FROM] = stream_time + 1
-    insort(touches, touch, key=lambda t: (t[T_TS], t[T_ID]))
+        touch.eligible_from = stream_time + 1
+    insort(touches, touch, key=lambda t: (t.ts, t.event_id))
     if len(touches) > w.max_touches:
         del touches[: len(touches) - w.max_touches]
     if late:
         return []
-    return [o for o in state["o"] if _eligible(touch, o[O_TS], w)]
+    return [o for o in state.o if _eligible(touch, o.ts)]
 
 
-def _eligible(t: list[Any], order_ts: int, w: Windows) -> bool:
+def _eligible(t: Touch, order_ts: int) -> bool:
     """Whether a new touch can change an order: earlier, and not excluded as late.
 
     Windows are checked when the order is credited (they depend on the referrer)."""
-    del w
-    return bool(t[T_TS] <= order_ts and order_ts >= t[T_FROM])
+    return t.ts <= order_ts and order_ts >= t.eligible_from
 
 
-def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows, seen_s: float = 0.0) -> list[Any]:
+def add_order(state: State, order: dict[str, Any], stream_time: int, w: Windows, seen_s: float = 0.0) -> RetainedOrder:
     """Remember an order for restatement unless it is late; return its state record.
     ``seen_s``: when it is processed (wall clock, seconds)."""
-    for o in state["o"]:
-        if o[O_ID] == order["order_id"]:
+    for o in state.o:
+        if o.order_id == order["order_id"]:
             return o
-    record = [
-        order["ts"],
-        order["order_id"],
-        order["event_id"],
-        (order.get("discount_code") or "").lower(),
-        order["amount_minor"],
-        order["currency"],
-        {},
-        order["customer_id"],
-        order_identities(order),
-        (order.get("referrer_domain") or "").lower(),
-        round(seen_s, 3),
-    ]
+    record = RetainedOrder(
+        ts=order["ts"],
+        order_id=order["order_id"],
+        event_id=order["event_id"],
+        code=(order.get("discount_code") or "").lower(),
+        amount=order["amount_minor"],
+        currency=order["currency"],
+        ever={},
+        customer=order["customer_id"],
+        identities=order_identities(order),
+        domain=(order.get("referrer_domain") or "").lower(),
+        seen=round(seen_s, 3),
+    )
     if not is_late(order["ts"], stream_time, w):
-        state["o"].append(record)
+        state.o.append(record)
     return record
 
 
@@ -153,31 +145,24 @@ def expire(
     horizon = stream_time - w.retain_ms
     keep_click = max(w.click_ms, longest_ms or 0)
     keep_view = max(w.view_ms, longest_ms or 0)
-    state["o"] = [o for o in state["o"] if o[O_TS] >= horizon or _seen(o) >= settled_before]
-    state["t"] = [t for t in state["t"] if t[T_TS] >= horizon - (keep_click if t[T_KIND] == "c" else keep_view)]
-    if state.get("b"):
-        state["b"] = [b for b in state["b"] if b[1] >= horizon - keep_click]
-        if not state["b"]:
-            del state["b"]
-
-
-def _seen(order: list[Any]) -> float:
-    return float(order[O_SEEN]) if len(order) > O_SEEN else 0.0  # state saved before it was kept
+    state.o = [o for o in state.o if o.ts >= horizon or o.seen >= settled_before]
+    state.t = [t for t in state.t if t.ts >= horizon - (keep_click if t.kind == "c" else keep_view)]
+    if state.b:
+        state.b = [b for b in state.b if b.ts >= horizon - keep_click]
 
 
 def is_empty(state: State) -> bool:
-    return not state["t"] and not state["o"] and not state.get("b")
+    return not state.t and not state.o and not state.b
 
 
-def add_block(state: State, event_id: str, ts: int) -> list[list[Any]]:
+def add_block(state: State, event_id: str, ts: int) -> list[RetainedOrder]:
     """A fraud verdict on one of the visitor's touches: it gets no credit from now on.
 
     Returns the retained orders it may restate (again on a duplicate, so a replay that
     lost its first output still writes it)."""
-    blocked = state.setdefault("b", [])
-    if not any(b[0] == event_id for b in blocked):
-        blocked.append([event_id, ts])
-    return [o for o in state["o"] if ts <= o[O_TS]]
+    if not any(b.event_id == event_id for b in state.b):
+        state.b.append(Block(event_id, ts))
+    return [o for o in state.o if ts <= o.ts]
 
 
 @dataclass(frozen=True)
@@ -205,62 +190,62 @@ class Result:
     code_owner: Referrer | None = None
 
 
-def _touch_counts_for(t: list[Any], order_ts: int, w: Windows, ref: ReferenceData) -> bool:
+def _touch_counts_for(t: Touch, order_ts: int, w: Windows, ref: ReferenceData) -> bool:
     """Whether a stored touch qualifies for an order, with the referrer's own windows."""
-    if t[T_TS] > order_ts or order_ts < t[T_FROM]:
+    if t.ts > order_ts or order_ts < t.eligible_from:
         return False
-    age = order_ts - t[T_TS]
-    if t[T_KIND] == "c":
-        referrer = ref.resolve(t[T_REF], t[T_TS])
+    age = order_ts - t.ts
+    if t.kind == "c":
+        referrer = ref.resolve(t.ref, t.ts)
         if referrer is None:
             return False
         return age <= ref.click_window_ms(referrer.referrer_id, w.click_ms)
-    return age <= ref.view_window_ms(t[T_REF], w.view_ms)
+    return age <= ref.view_window_ms(t.ref, w.view_ms)
 
 
-def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows, policy: str) -> Result:
+def credit_order(state: State, order: RetainedOrder, ref: ReferenceData, w: Windows, policy: str) -> Result:
     """Credit one order under every model, with the code-vs-link ``policy`` (SPEC §3)."""
-    order_ts = order[O_TS]
+    order_ts = order.ts
     # The touches that could count, each kind within its longest window: exactly what
     # expire() keeps while the order is retained, so the count (and the version) only grows.
     keep_click = max(w.click_ms, ref.longest_override_ms)
     keep_view = max(w.view_ms, ref.longest_override_ms)
     considered = [
         t
-        for t in state["t"]
-        if t[T_TS] <= order_ts
-        and order_ts >= t[T_FROM]
-        and order_ts - t[T_TS] <= (keep_click if t[T_KIND] == "c" else keep_view)
+        for t in state.t
+        if t.ts <= order_ts
+        and order_ts >= t.eligible_from
+        and order_ts - t.ts <= (keep_click if t.kind == "c" else keep_view)
     ]
-    blocked = {b[0] for b in state.get("b", ())}
-    clicks: list[tuple[list[Any], Referrer]] = []
-    views: list[list[Any]] = []
+    blocked = {b.event_id for b in state.b}
+    clicks: list[tuple[Touch, Referrer]] = []
+    views: list[Touch] = []
     injected: list[tuple[str, str, int]] = []
     n_blocked = 0
     for t in considered:
-        if t[T_ID] in blocked:
+        if t.event_id in blocked:
             n_blocked += 1
             continue
         if not _touch_counts_for(t, order_ts, w, ref):
             continue
-        if t[T_KIND] == "c":
-            referrer = ref.resolve(t[T_REF], t[T_TS])
+        if t.kind == "c":
+            referrer = ref.resolve(t.ref, t.ts)
             assert referrer is not None
-            if order_ts - t[T_TS] < w.block_below_ms:
-                injected.append((referrer.referrer_id, t[T_ID], order_ts - t[T_TS]))
+            if order_ts - t.ts < w.block_below_ms:
+                injected.append((referrer.referrer_id, t.event_id, order_ts - t.ts))
                 continue
             clicks.append((t, referrer))
         else:
             views.append(t)
-    code = ref.resolve(order[O_CODE], order_ts) if order[O_CODE] else None
+    code = ref.resolve(order.code, order_ts) if order.code else None
     version = 1 + len(considered) + n_blocked + (1 if code else 0)
     code_touched = code is not None and (
-        any(r.referrer_id == code.referrer_id for _, r in clicks) or any(t[T_REF] == code.referrer_id for t in views)
+        any(r.referrer_id == code.referrer_id for _, r in clicks) or any(t.ref == code.referrer_id for t in views)
     )
 
-    code_credit = Credit(code.referrer_id, code.referrer_type, 1.0, "code", order[O_EVENT], order_ts) if code else None
-    click_touches = [(t[T_TS], r.referrer_id, r.referrer_type, "click", t[T_ID]) for t, r in clicks]
-    view_touches = [(t[T_TS], t[T_REF], "creator", "view", t[T_ID]) for t in views]
+    code_credit = Credit(code.referrer_id, code.referrer_type, 1.0, "code", order.event_id, order_ts) if code else None
+    click_touches = [(t.ts, r.referrer_id, r.referrer_type, "click", t.event_id) for t, r in clicks]
+    view_touches = [(t.ts, t.ref, "creator", "view", t.event_id) for t in views]
 
     credits: dict[str, list[Credit]] = {}
     for model in MODELS:
@@ -282,7 +267,7 @@ def credit_order(state: State, order: list[Any], ref: ReferenceData, w: Windows,
         if last[1] != code.referrer_id:
             winner = {"code_wins": "code", "click_wins": "click", "split": "split"}[policy]
             conflict = {
-                "order_id": order[O_ID],
+                "order_id": order.order_id,
                 "code_referrer_id": code.referrer_id,
                 "click_referrer_id": last[1],
                 "policy": policy,
@@ -320,15 +305,15 @@ def _merge(per_touch: list[Credit]) -> list[Credit]:
     return list(by_referrer.values())
 
 
-def rows_for(order: list[Any], result: Result, ref: ReferenceData, w: Windows | None = None) -> list[Row]:
+def rows_for(order: RetainedOrder, result: Result, ref: ReferenceData, w: Windows | None = None) -> list[Row]:
     """Attribution rows for every model, including zero rows for referrers that lost credit.
 
     A click credited less than ``w.flag_below_ms`` before the order is marked
     ``click_injection`` in ``reasons`` (credited, but flagged)."""
     flag_ms = w.flag_below_ms if w else 0
-    ever: dict[str, Any] = order[O_EVER]
+    ever = order.ever
     rows: list[Row] = []
-    amount = order[O_AMOUNT]
+    amount = order.amount
     for model in MODELS:
         credits = {c.referrer_id: c for c in result.credits[model]}
         seen = ever.setdefault(model, [])
@@ -340,7 +325,7 @@ def rows_for(order: list[Any], result: Result, ref: ReferenceData, w: Windows | 
             credit = c.credit if c else 0.0
             rows.append(
                 {
-                    "order_id": order[O_ID],
+                    "order_id": order.order_id,
                     "model": model,
                     "referrer_id": referrer_id,
                     "referrer_type": c.referrer_type if c else ref.referrer_type(referrer_id),
@@ -350,27 +335,27 @@ def rows_for(order: list[Any], result: Result, ref: ReferenceData, w: Windows | 
                     "credit": credit,
                     "revenue_minor": round(credit * amount),
                     "commission_minor": 0,
-                    "currency": order[O_CURRENCY],
-                    "ctot_ms": order[O_TS] - c.touch_ts if c else 0,
+                    "currency": order.currency,
+                    "ctot_ms": order.ts - c.touch_ts if c else 0,
                     "status": "ok",
                     "reasons": ["click_injection"]
-                    if c and c.touch_type == "click" and order[O_TS] - c.touch_ts < flag_ms
+                    if c and c.touch_type == "click" and order.ts - c.touch_ts < flag_ms
                     else [],
                     "generation": 0,
                     "version": result.version,
-                    "ts": order[O_TS],
+                    "ts": order.ts,
                     "amount_minor": amount,
-                    "customer_id": order[O_CUSTOMER],
-                    "identities": order[O_IDS] if len(order) > O_IDS else [],
+                    "customer_id": order.customer,
+                    "identities": order.identities,
                 }
             )
     return rows
 
 
-def touch_from(topic: str, event: dict[str, Any]) -> list[Any]:
+def touch_from(topic: str, event: dict[str, Any]) -> Touch:
     if topic == "clicks":
-        return [event["ts"], "c", event["ref"].lower(), event["event_id"], 0]
-    return [event["ts"], "v", event["creator_id"], event["event_id"], 0]
+        return Touch(event["ts"], "c", event["ref"].lower(), event["event_id"])
+    return Touch(event["ts"], "v", event["creator_id"], event["event_id"])
 
 
 def handle_event(
@@ -382,7 +367,7 @@ def handle_event(
     ref: ReferenceData,
     policy: str,
     seen_s: float = 0.0,
-) -> list[tuple[list[Any], Result]]:
+) -> list[tuple[RetainedOrder, Result]]:
     """One view, click or order of a visitor: the orders (re)credited because of it."""
     if topic == "orders":
         order = add_order(state, event, stream_time, w, seen_s)
@@ -392,20 +377,20 @@ def handle_event(
     ]
 
 
-def conflict_row(order: list[Any], result: Result, policy: str) -> dict[str, Any] | None:
+def conflict_row(order: RetainedOrder, result: Result, policy: str) -> dict[str, Any] | None:
     """The conflicts record to write for a credited order, if any (a retraction when one ended)."""
-    ever = order[O_EVER]
+    ever = order.ever
     if result.conflict is not None:
         ever["_conflict"] = True
         return {**result.conflict, "active": 1}
     if ever.get("_conflict"):
         return {
-            "order_id": order[O_ID],
+            "order_id": order.order_id,
             "code_referrer_id": "",
             "click_referrer_id": "",
             "policy": policy,
             "winner": "",
-            "ts": order[O_TS],
+            "ts": order.ts,
             "version": result.version,
             "active": 0,
         }

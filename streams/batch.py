@@ -23,6 +23,7 @@ from streams.ordered_input import OrderedInput
 from streams.outbound import Outbound
 from streams.partitioner import partition_of
 from streams.producer import Record
+from streams.records import encode as encode_state
 from streams.referrer import Output
 from streams.topics import INTERNAL_TOPICS
 
@@ -135,7 +136,7 @@ class Outbox:
                 self.changes.append((self.changelogs[id(table)], partition, kb, b"0"))
         else:
             table.data[kb] = value
-            self.changes.append((self.changelogs[id(table)], partition, kb, orjson.dumps(value)))
+            self.changes.append((self.changelogs[id(table)], partition, kb, encode_state(value)))
 
     async def flush(self) -> None:
         outputs: list[Record] = []
@@ -244,11 +245,16 @@ class Guard:
         self.stage[name] = (label, time.time(), events)
 
     async def __call__(
-        self, handler: Callable[[list[Any], Outbox], Awaitable[Any]], events: list[Any], lock: Any = None
+        self,
+        handler: Callable[[list[Any], Outbox], Awaitable[Any]],
+        events: list[Any],
+        lock: Any = None,
+        name: str = "",
     ) -> None:
         """``lock``: held from the first read of state to the last changelog record sent,
-        when a timer changes the same table."""
-        name = handler.__name__
+        when a timer changes the same table. ``name``: what ``kill -USR1`` calls the
+        handler (its function's name by default)."""
+        name = name or handler.__name__
         try:
             self.mark(name, "waiting for its lock", len(events))
             async with lock or contextlib.nullcontext():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from streams.records import Booking, Refund, Terms
 from streams.reference import DEFAULT_HOLD_DAYS, DEFAULT_RATE
 
 DAY_MS = 86_400_000
@@ -63,9 +64,7 @@ def month_start_ms(month: str) -> int:
 
 
 # -- referrer book ---------------------------------------------------------------------
-# state: {"m": {month: {order_id: [ts, credit, amount, currency, version, rate, row]}}, "seq": n}
-# where row keeps the attribution fields needed to write the row again when its rate moves
-B_TS, B_CREDIT, B_AMOUNT, B_CURRENCY, B_VERSION, B_RATE, B_ROW = range(7)
+# state: {"m": {month: {order_id: Booking}}, "seq": n} (streams.records.Booking)
 ROW_FIELDS = (
     "referrer_type",
     "root_creator_id",
@@ -87,40 +86,40 @@ def next_seq(book: dict[str, Any]) -> int:
     return int(book["seq"])
 
 
-def book_order(book: dict[str, Any], row: dict[str, Any], plan: Plan) -> tuple[bool, list[tuple[str, list[Any]]]]:
+def book_order(book: dict[str, Any], row: dict[str, Any], plan: Plan) -> tuple[bool, list[tuple[str, Booking]]]:
     """Record one commission-model credit; return (is_new_month, orders whose terms changed).
 
     A row older (lower version) than what the book holds is ignored. An order whose
     credit falls to 0 leaves the book and is returned with credit 0.
     """
     month = month_of(row["ts"])
-    orders: dict[str, list[Any]] = book["m"].setdefault(month, {})
+    orders: dict[str, Booking] = book["m"].setdefault(month, {})
     is_new_month = not orders
     current = orders.get(row["order_id"])
-    if current is not None and current[B_VERSION] > row["version"]:
+    if current is not None and current.version > row["version"]:
         return False, []
-    changed: list[tuple[str, list[Any]]] = []
+    changed: list[tuple[str, Booking]] = []
     extra = {k: row[k] for k in ROW_FIELDS}
     if row["credit"] <= 0:
-        gone = [row["ts"], 0.0, row["amount_minor"], row["currency"], row["version"], 0.0, extra]
+        gone = Booking(row["ts"], 0.0, row["amount_minor"], row["currency"], row["version"], 0.0, extra)
         if current is None:
             return False, [(row["order_id"], gone)]
         del orders[row["order_id"]]
         changed.append((row["order_id"], gone))
     else:
-        entry = [row["ts"], row["credit"], row["amount_minor"], row["currency"], row["version"], -1.0, extra]
+        entry = Booking(row["ts"], row["credit"], row["amount_minor"], row["currency"], row["version"], -1.0, extra)
         if current is not None:
-            entry[B_RATE] = current[B_RATE]
-            if current[:B_VERSION] == entry[:B_VERSION] and current[B_ROW] == extra:
-                current[B_VERSION] = row["version"]
+            entry.rate = current.rate
+            if current.terms() == entry.terms() and current.row == extra:
+                current.version = row["version"]
                 return False, [(row["order_id"], current)]  # same terms: emit again, idempotent
         orders[row["order_id"]] = entry
     cumulative = 0.0
-    for order_id, entry in sorted(orders.items(), key=lambda kv: (kv[1][B_TS], kv[0])):
-        cumulative += entry[B_CREDIT]
+    for order_id, entry in sorted(orders.items(), key=lambda kv: (kv[1].ts, kv[0])):
+        cumulative += entry.credit
         rate = plan.rate_at(cumulative)
-        if rate != entry[B_RATE] or order_id == row["order_id"]:
-            entry[B_RATE] = rate
+        if rate != entry.rate or order_id == row["order_id"]:
+            entry.rate = rate
             changed.append((order_id, entry))
     if not orders:
         del book["m"][month]
@@ -136,8 +135,8 @@ def prune_book(book: dict[str, Any], now_ms: int) -> None:
 
 
 # -- order ledger ----------------------------------------------------------------------
-# state: {"c": {"referrer|kind": [credit, amount, rate, currency, ts, hold_days, version, kind]},
-#         "r": {refund_event_id: [ts, amount]}, "seq": n, "approved": bool, "p": partition}
+# state: {"c": {"referrer|kind": Terms}, "r": {refund_event_id: Refund}, "seq": n,
+#         "approved": bool, "p": partition} (streams.records)
 def new_ledger(partition: int) -> dict[str, Any]:
     return {"c": {}, "r": {}, "seq": 0, "approved": False, "p": partition}
 
@@ -147,30 +146,30 @@ def ledger_set_commission(ledger: dict[str, Any], fact: dict[str, Any]) -> bool:
     referrer's parent); False when the fact is older than what is held."""
     key = f"{fact['referrer_id']}|{fact.get('kind', 'commission')}"
     current = ledger["c"].get(key)
-    if current is not None and current[6] > fact["version"]:
+    if current is not None and current.version > fact["version"]:
         return False
-    ledger["c"][key] = [
-        fact["credit"],
-        fact["amount_minor"],
-        fact["rate"],
-        fact["currency"],
-        fact["ts"],
-        fact["hold_days"],
-        fact["version"],
-        fact.get("kind", "commission"),
-    ]
+    ledger["c"][key] = Terms(
+        credit=fact["credit"],
+        amount=fact["amount_minor"],
+        rate=fact["rate"],
+        currency=fact["currency"],
+        ts=fact["ts"],
+        hold_days=fact["hold_days"],
+        version=fact["version"],
+        kind=fact.get("kind", "commission"),
+    )
     return True
 
 
 def ledger_add_refund(ledger: dict[str, Any], refund: dict[str, Any]) -> bool:
     if refund["event_id"] in ledger["r"]:
         return False
-    ledger["r"][refund["event_id"]] = [refund["ts"], refund["amount_minor"]]
+    ledger["r"][refund["event_id"]] = Refund(refund["ts"], refund["amount_minor"])
     return True
 
 
 def hold_end(ledger: dict[str, Any]) -> int | None:
-    ends = [c[4] + c[5] * DAY_MS for c in ledger["c"].values()]
+    ends = [c.ts + c.hold_days * DAY_MS for c in ledger["c"].values()]
     return min(ends) if ends else None
 
 
@@ -179,11 +178,13 @@ def ledger_entries(order_id: str, ledger: dict[str, Any]) -> list[dict[str, Any]
     ledger["seq"] += 1
     version = ledger["seq"]
     approved = ledger["approved"]
-    refunds = sorted(ledger["r"].items(), key=lambda kv: (kv[1][0], kv[0]))
+    refunds = sorted(ledger["r"].items(), key=lambda kv: (kv[1].ts, kv[0]))
     entries: list[dict[str, Any]] = []
-    for key, (credit, amount, rate, currency, ts, hold_days, _, kind) in sorted(ledger["c"].items()):
+    for key, terms in sorted(ledger["c"].items()):
+        credit, amount, rate, currency, ts = terms.credit, terms.amount, terms.rate, terms.currency, terms.ts
+        kind = terms.kind
         referrer_id = key.rsplit("|", 1)[0]
-        hold_until = ts + hold_days * DAY_MS
+        hold_until = ts + terms.hold_days * DAY_MS
         status = "approved" if approved else "pending"
         entries.append(
             _entry(
@@ -199,7 +200,8 @@ def ledger_entries(order_id: str, ledger: dict[str, Any]) -> list[dict[str, Any]
             )
         )
         refunded = 0
-        for refund_id, (refund_ts, refund_amount) in refunds:
+        for refund_id, refund in refunds:
+            refund_ts, refund_amount = refund.ts, refund.amount
             portion = max(0, min(refund_amount, amount - refunded))
             refunded += portion
             late = refund_ts >= hold_until

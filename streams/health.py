@@ -8,9 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
-from streams import faust_state
+from streams import faust_state, records
 from streams.batch import StreamClock
 from streams.metrics import WorkerMetrics
 from streams.ordered_input import OrderedInput
@@ -25,7 +23,7 @@ def sample_state(metrics: WorkerMetrics, tables: dict[str, Any]) -> None:
         metrics.state_keys.labels(name).set(len(table.data))
         sample = list(itertools.islice(table.data.items(), 500))
         if sample:
-            size = sum(len(k) + len(orjson.dumps(v)) for k, v in sample) / len(sample)
+            size = sum(len(k) + len(records.encode(v)) for k, v in sample) / len(sample)
             metrics.state_bytes.labels(name).set(round(size * len(table.data)))
 
 
@@ -81,3 +79,31 @@ def health(tps: Iterable[Any], tasks: TaskStatus, stream_time: dict[int, int]) -
     assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
     by_task = {name: {str(p): s for p, s in status.items()} for name, (_, status) in tasks.items()}
     return {"status": "ok", "assigned": assignment, "stream_time": stream_time, "tasks": by_task}
+
+
+def serve(
+    app: Any,
+    metrics: WorkerMetrics,
+    tables: dict[str, Any],
+    ordered: list[tuple[OrderedInput, str, StreamClock]],
+    processed: dict[tuple[str, int], int],
+    clock: StreamClock,
+) -> None:
+    """``/metrics``, ``/healthz`` (stream time from ``clock``) and the timer that samples
+    lag and state size for them."""
+
+    @app.timer(5.0)
+    async def sample_gauges() -> None:
+        """Lag on this worker's partitions and the size of its state, for /metrics."""
+        sample_state(metrics, tables)
+        await sample_lag(metrics, app.consumer, processed)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body, content_type = render_metrics(metrics, task_status(app.consumer.assignment(), ordered))
+        return web.bytes(body, content_type=content_type)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        tps = app.consumer.assignment()
+        return web.json(health(tps, task_status(tps, ordered), clock.times))

@@ -208,9 +208,9 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
         if fee is not None:
             out.append(("commission_ledger", fee["entry_id"], fee))
     for order_id, b in changed:
-        credit, amount, rate = b[comm.B_CREDIT], b[comm.B_AMOUNT], b[comm.B_RATE]
-        version = (b[comm.B_VERSION] << 32) | seq
-        shown = row if order_id == row["order_id"] else {**b[comm.B_ROW], "credit": credit}
+        credit, amount, rate = b.credit, b.amount, b.rate
+        version = (b.version << 32) | seq
+        shown = row if order_id == row["order_id"] else {**b.row, "credit": credit}
         out.append(
             (
                 "attributions",
@@ -219,15 +219,15 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
                     "order_id": order_id,
                     "model": row["model"],
                     "referrer_id": referrer,
-                    **b[comm.B_ROW],
+                    **b.row,
                     "status": shown["status"],
                     "reasons": shown["reasons"],
                     "credit": shown["credit"],
                     "revenue_minor": round(shown["credit"] * amount),
                     "commission_minor": round(credit * amount * rate),
-                    "currency": b[comm.B_CURRENCY],
+                    "currency": b.currency,
                     "version": version,
-                    "ts": b[comm.B_TS],
+                    "ts": b.ts,
                 },
             )
         )
@@ -237,8 +237,8 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
             "credit": credit,
             "amount_minor": amount,
             "rate": rate,
-            "currency": b[comm.B_CURRENCY],
-            "ts": b[comm.B_TS],
+            "currency": b.currency,
+            "ts": b.ts,
             "hold_days": plan.hold_days,
             "version": version,
             "kind": "commission",
@@ -270,7 +270,7 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
                     "referrer_id": referrer,
                     "revenue_minor": round(credit * amount),
                     "commission_minor": round(credit * amount * rate),
-                    "ts": b[comm.B_TS],
+                    "ts": b.ts,
                 },
             )
         )

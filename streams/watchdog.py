@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -151,3 +152,18 @@ def dump(app: Any, stage: dict[str, tuple[str, float, int]], processed: dict[tup
     log.warning("acked, not yet committed (first, last, count): %s", acked)
     log.warning("committed by this worker: %s", {str(tp): o for tp, o in faust_state.committed(consumer).items()})
     log.warning("assignment: %s", sorted(map(str, consumer.assignment())))
+
+
+def serve(app: Any, unsticker: Watchdog, guarded: Any, processed: dict[tuple[str, int], int]) -> None:
+    """Run the watchdog every 5 s, and dump where every task waits on ``kill -USR1``
+    (``guarded``: the :class:`streams.batch.Guard` whose stages it shows)."""
+
+    @app.timer(5.0)
+    async def unstick_partitions() -> None:
+        """Partitions Faust's flow control left undelivered or unhandled are read again."""
+        await unsticker.check()
+
+    @app.task
+    async def dump_tasks_on_signal() -> None:
+        """``kill -USR1`` a worker to log where every task waits (a stalled agent shows here)."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump, app, guarded.stage, processed)

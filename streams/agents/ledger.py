@@ -36,11 +36,11 @@ def refund_notes(order_id: str, ledger: dict[str, Any]) -> list[tuple[str, dict[
     (their refund rates are kept at their keys)."""
     if not ledger["r"]:
         return []
-    refund_ts = max(r[0] for r in ledger["r"].values())
+    refund_ts = max(r.ts for r in ledger["r"].values())
     notes = []
     for key, terms in ledger["c"].items():
         referrer_id, _, kind = key.rpartition("|")
-        if kind == "commission" and terms[0] > 0:
+        if kind == "commission" and terms.credit > 0:
             notes.append(
                 (referrer_id, {"type": "refund", "referrer_id": referrer_id, "order_id": order_id, "ts": refund_ts})
             )

@@ -15,6 +15,7 @@ from streams import fraud
 from streams import referrer as referrer_logic
 from streams.batch import Outbox, StreamClock, held
 from streams.metrics import WorkerMetrics
+from streams.records import RetainedOrder
 from streams.reference import ReferenceData
 
 if TYPE_CHECKING:  # the settings are ripple's: streams never imports ripple.config
@@ -58,18 +59,18 @@ class Outputs:
         self.by_ip: dict[str, list[dict[str, Any]]] = {}  # ip|referrer -> clicks
         self.alerts: list[referrer_logic.Output] = []
 
-    def credited(self, order: list[Any], result: attr.Result) -> list[dict[str, Any]]:
+    def credited(self, order: RetainedOrder, result: attr.Result) -> list[dict[str, Any]]:
         """An order's credit rows (and its redemption note to the code's owner)."""
         code_owner = result.code_owner
         if code_owner is not None:
-            domain = order[attr.O_DOMAIN] if len(order) > attr.O_DOMAIN else ""
+            domain = order.domain
             self.credits.setdefault(code_owner.referrer_id, []).append(
                 {
                     "type": "redemption",
                     "referrer_id": code_owner.referrer_id,
-                    "code": order[attr.O_CODE],
-                    "order_id": order[attr.O_ID],
-                    "ts": order[attr.O_TS],
+                    "code": order.code,
+                    "order_id": order.order_id,
+                    "ts": order.ts,
                     "touched": result.code_touched,
                     "coupon": fraud.coupon_site(domain, self.cfg.rules),
                     "domain": domain,
@@ -94,9 +95,9 @@ class Outputs:
         box.emit(self.alerts)
 
 
-def injection_alert(order: list[Any], referrer_id: str, click_id: str, severity: str) -> referrer_logic.Output:
-    evidence = {"order_id": order[attr.O_ID], "click_event_id": click_id}
-    return referrer_logic.alert("click_injection", severity, referrer_id, order[attr.O_TS], evidence, referrer_id)
+def injection_alert(order: RetainedOrder, referrer_id: str, click_id: str, severity: str) -> referrer_logic.Output:
+    evidence = {"order_id": order.order_id, "click_event_id": click_id}
+    return referrer_logic.alert("click_injection", severity, referrer_id, order.ts, evidence, referrer_id)
 
 
 @dataclass
@@ -202,11 +203,11 @@ class Visitors:
             box.put(self.table, partition, visitor, None if attr.is_empty(state) else state)
         clock.persist(partitions, box)
 
-    def _credit(self, order: list[Any], result: attr.Result, outputs: Outputs, box: Outbox) -> None:
+    def _credit(self, order: RetainedOrder, result: attr.Result, outputs: Outputs, box: Outbox) -> None:
         outputs.credited(order, result)
         conflict = attr.conflict_row(order, result, self.cfg.policy)
         if conflict is not None:
-            box.add("conflicts", order[attr.O_ID], conflict)
+            box.add("conflicts", order.order_id, conflict)
 
     def click_checks(self, event: dict[str, Any], outputs: Outputs) -> bool:
         """Per-click rules: False for a bot (no touch); else the click goes to the flood check."""

@@ -13,6 +13,7 @@ from streams.agents import visitors as visitor_agent
 from streams.batch import StreamClock
 from streams.metrics import WorkerMetrics
 from streams.outbound import Outbound
+from streams.records import Block
 from streams.reference import ReferenceData
 
 T0 = 1_767_225_600_000
@@ -79,7 +80,7 @@ def test_a_click_then_an_order_credits_the_clicked_creator_and_sends_the_click_t
     (by_ip,) = rows(box, "ripple-clicks")
     assert (by_ip["event_id"], by_ip["referrer_id"], by_ip["ip_hash"]) == ("c1", "cr-jane", "h:ip1")
     assert kit.clock.get(1) == T0 + MIN  # stream time is the highest ts handled
-    assert kit.table.data[b"h:v1"]["o"]  # the order stays restatable by a flood verdict
+    assert kit.table.data[b"h:v1"].o  # the order stays restatable by a flood verdict
 
 
 def test_a_code_order_sends_a_redemption_note_to_the_codes_owner(outbound: Outbound) -> None:
@@ -104,7 +105,7 @@ def test_a_flood_verdict_on_the_click_restates_the_order_to_no_credit(outbound: 
     assert {r["model"] for r in restated} == {"last_click", "first_click", "linear", "time_decay", "position_based"}
     assert {(r["credit"], r["revenue_minor"]) for r in restated} == {(0.0, 0)}
     assert {r["version"] for r in restated} == {credited + 1}  # a newer version replaces the credit
-    assert kit.table.data[b"h:v1"]["b"] == [["c1", T0]]
+    assert kit.table.data[b"h:v1"].b == [Block("c1", T0)]
 
 
 def test_an_event_older_than_max_lateness_is_a_late_event_row(outbound: Outbound) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams import attribution as attr
+from streams.records import RetainedOrder, Touch
 from streams.reference import ReferenceData
 
 DAY = 86_400_000
@@ -42,12 +43,12 @@ def order(ts: int, code: str | None = None, oid: str = "o1") -> dict[str, Any]:
     return ev
 
 
-def click(ts: int, ref: str, eid: str) -> list[Any]:
-    return [ts, "c", ref.lower(), eid, 0]
+def click(ts: int, ref: str, eid: str) -> Touch:
+    return Touch(ts, "c", ref.lower(), eid)
 
 
-def view(ts: int, creator: str, eid: str) -> list[Any]:
-    return [ts, "v", creator, eid, 0]
+def view(ts: int, creator: str, eid: str) -> Touch:
+    return Touch(ts, "v", creator, eid)
 
 
 def run(
@@ -62,7 +63,7 @@ def run(
     stream_time = 0
     final: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def keep(order: list[Any]) -> None:
+    def keep(order: RetainedOrder) -> None:
         result = attr.credit_order(state, order, ref, W, policy)
         for row in attr.rows_for(order, result, ref):
             key = (row["order_id"], row["model"], row["referrer_id"])
@@ -76,7 +77,7 @@ def run(
         else:
             for o in attr.add_touch(state, ev, stream_time, W):
                 keep(o)
-            ts = ev[0]
+            ts = ev.ts
         stream_time = max(stream_time, ts)
     return {f"{o}:{r}": row for (o, m, r), row in final.items() if row["credit"] > 0 and m == model}
 
@@ -202,7 +203,7 @@ def test_expire_drops_old_orders_and_touches() -> None:
     attr.add_touch(state, view(T0, "cr-leo", "v1"), 0, W)
     attr.add_order(state, order(T0 + 1), 0, W)
     attr.expire(state, T0 + 2 * DAY, W)
-    assert [t[attr.T_KIND] for t in state["t"]] == ["c"] and state["o"] == []
+    assert [t.kind for t in state.t] == ["c"] and state.o == []
     attr.expire(state, T0 + 31 * DAY, W)
     assert attr.is_empty(state)
 
@@ -232,8 +233,8 @@ def test_an_order_stays_restatable_until_a_verdict_on_its_touches_cannot_be_on_i
     attr.add_touch(state, click(T0, "jane", "c1"), T0, hold)
     o = attr.add_order(state, order(T0 + 2 * DAY), T0, hold, seen_s=1000.0)
     attr.expire(state, T0 + 4 * DAY, hold, settled_before=999.0)  # days later, not settled yet
-    assert state["o"] == [o]
+    assert state.o == [o]
     assert attr.add_block(state, "c1", T0) == [o]  # the verdict arrives: the order loses the credit
     assert attr.credit_order(state, o, ref, hold, "code_wins").credits["last_click"] == []
     attr.expire(state, T0 + 4 * DAY, hold, settled_before=1000.5)  # settled: now it goes
-    assert state["o"] == []
+    assert state.o == []

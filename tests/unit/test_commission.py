@@ -41,7 +41,7 @@ def row(order_id: str, ts: int, credit: float = 1.0, amount: int = 10_000, versi
 
 
 def rates(book: dict[str, Any], month: str = "2026-01") -> dict[str, float]:
-    return {o: e[comm.B_RATE] for o, e in book["m"].get(month, {}).items()}
+    return {o: e.rate for o, e in book["m"].get(month, {}).items()}
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_an_earlier_order_arriving_late_moves_the_tier_of_later_ones() -> None:
         comm.book_order(book, row(f"o{i:02d}", JAN + i * 1000), PLAN)
     assert rates(book)["o10"] == 0.10
     _, changed = comm.book_order(book, row("o01", JAN + 1000), PLAN)
-    assert dict((o, e[comm.B_RATE]) for o, e in changed) == {"o01": 0.10, "o10": 0.12}
+    assert dict((o, e.rate) for o, e in changed) == {"o01": 0.10, "o10": 0.12}
 
 
 def test_an_order_that_loses_its_credit_leaves_the_book() -> None:
@@ -80,7 +80,7 @@ def test_an_order_that_loses_its_credit_leaves_the_book() -> None:
         comm.book_order(book, row(f"o{i:02d}", JAN + i * 1000), PLAN)
     assert rates(book)["o10"] == 0.12
     _, changed = comm.book_order(book, row("o01", JAN + 1000, credit=0.0, version=3), PLAN)
-    assert dict((o, e[comm.B_CREDIT]) for o, e in changed)["o01"] == 0.0
+    assert dict((o, e.credit) for o, e in changed)["o01"] == 0.0
     assert rates(book)["o10"] == 0.10 and "o01" not in rates(book)
 
 

@@ -246,4 +246,4 @@ def test_properties_sum_to_one_no_future_touch_order_independent(spec: list, see
     for topic, ev in events:
         for order, result in attr.handle_event(topic, ev, state, 0, W, ref_data(), policy):
             for credits in result.credits.values():
-                assert all(c.touch_ts <= order[attr.O_TS] for c in credits)
+                assert all(c.touch_ts <= order.ts for c in credits)
