@@ -14,11 +14,18 @@ A referrer's state carries ``"lin"``: its place in a referral tree, fixed once s
 * A customer who refers before being a node starts a tree of its own (generation 0).
 * An order whose identity hashes meet those of an ancestor of its referrer is a
   ``referral_ring``; meeting the referrer's own is a ``self_referral``.
+
+:func:`on_claim` is what happens at the customer's key when a claim, a retraction or a
+parked referrer's hold arrives.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from streams.commission import next_seq
+
+Output = tuple[str, str, dict[str, Any]]
 
 IDENTITY_FIELDS = ("email_hash", "payment_hash", "device_id")
 
@@ -160,3 +167,40 @@ def identity_match(lin: dict[str, Any], identities: list[str]) -> str | None:
     if ids & set(lin["anc"]):
         return "referral_ring"
     return None
+
+
+# -- a customer's key: claims, retractions and holds -------------------------------------
+def holds(state: dict[str, Any]) -> bool:
+    """True while a parked referrer may still send this customer a claim."""
+    return bool(state.get("holds"))
+
+
+def on_claim(state: dict[str, Any], claim: dict[str, Any], now_s: float = 0.0) -> list[Output]:
+    """A claim to make this customer a node (or move it to an earlier parent), or the
+    retraction of one whose order lost its credit, or a parked referrer's (un)hold.
+    ``now_s``: when it was placed."""
+    kind = claim.get("type")
+    if kind in ("hold", "unhold"):
+        held = state.setdefault("holds", {})
+        if kind == "hold":
+            held[claim["by"]] = 1
+        else:
+            held.pop(claim["by"], None)
+        if not held:
+            del state["holds"]
+        return []
+    if kind == "retract":
+        node, previous = retract_claim(state, claim)
+    else:
+        node, previous = apply_claim(state, claim)
+    if node is None:
+        return []
+    if "lin" in state:
+        state["lin"]["placed"] = now_s
+    version = next_seq(state)
+    out: list[Output] = [("chain_nodes", node["node_id"], {**node, "version": version})]
+    if previous is not None:
+        out.append(("ripple-chains", previous["root_id"], {"type": "remove", **previous, "ts": claim["ts"]}))
+    if node["active"]:
+        out.append(("ripple-chains", node["root_id"], {"type": "node", **node}))
+    return out

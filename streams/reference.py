@@ -66,14 +66,18 @@ class ReferenceData:
         Codes are case-insensitive; an inactive code, or one past its ``expires_ts``,
         resolves to nobody.
         """
-        if not ref:
-            return None
+        code = self.active_code(ref, at_ts) if ref else None
+        return Referrer(code.referrer_id, code.referrer_type) if code is not None else None
+
+    def active_code(self, ref: str, at_ts: int) -> Code | None:
+        """The code's record when it is active and not expired at ``at_ts`` (codes are
+        case-insensitive)."""
         code = self.codes.get(ref.lower())
         if code is None or not code.active:
             return None
         if code.expires_ts is not None and at_ts >= code.expires_ts:
             return None
-        return Referrer(code.referrer_id, code.referrer_type)
+        return code
 
     def knows(self, ref: str | None) -> bool:
         return bool(ref) and ref.lower() in self.codes  # type: ignore[union-attr]

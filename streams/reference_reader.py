@@ -1,7 +1,7 @@
-"""The worker's reader of the compacted reference topics (``codes``, ``creators``) and of
-end offsets: every code and creator in memory on every worker, with an explicit "caught up"
+"""The reader of the compacted reference topics (``codes``, ``creators``) and of end
+offsets: every code and creator in memory on every worker, with an explicit "caught up"
 barrier (what a GlobalTable does), and the true end of a partition on a broker that
-reports the end of its last batch."""
+reports the end of its last batch. The collector reads the ``codes`` topic with it too."""
 
 from __future__ import annotations
 
@@ -23,15 +23,34 @@ from streams.reference import ReferenceData
 log = logging.getLogger("ripple.worker")
 
 
-class ReferenceReader(Service):
-    """Reads the compacted ``codes`` and ``creators`` topics in full, on every worker."""
+#: what a worker reads
+REFERENCE_TOPICS = ("codes", "creators")
 
-    def __init__(self, bootstrap: str, data: ReferenceData, group: str, security: KafkaSecurity = PLAINTEXT) -> None:
+
+class ReferenceReader(Service):
+    """Reads the compacted reference topics in full and then continuously, with the
+    workers' decoding, into ``data``; no consumer group, nothing committed.
+
+    ``group``: the consumer group whose committed offsets :meth:`committed` reads;
+    ``offsets``: whether to open the clients :meth:`end_offsets` and :meth:`committed`
+    need (the worker's settle rounds; the collector reads codes only)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        data: ReferenceData,
+        group: str,
+        security: KafkaSecurity = PLAINTEXT,
+        topics: tuple[str, ...] = REFERENCE_TOPICS,
+        offsets: bool = True,
+    ) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.security = security
         self.data = data
         self.group = group
+        self.topics = topics
+        self.with_offsets = offsets
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # never fetches: asks for end offsets only
         self._admin: AIOKafkaAdminClient | None = None  # the group's committed offsets
@@ -54,15 +73,16 @@ class ReferenceReader(Service):
         )
         await self._consumer.start()
         await self._consumer.topics()  # loads metadata for every topic
-        self._offsets = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None, **auth
-        )
-        await self._offsets.start()
-        await self._offsets.topics()
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **auth)
-        await self._admin.start()
+        if self.with_offsets:
+            self._offsets = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None, **auth
+            )
+            await self._offsets.start()
+            await self._offsets.topics()
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **auth)
+            await self._admin.start()
         parts = []
-        for topic in ("codes", "creators"):
+        for topic in self.topics:
             for p in self._consumer.partitions_for_topic(topic) or ():
                 parts.append(TopicPartition(topic, p))
         self._consumer.assign(parts)
@@ -94,6 +114,10 @@ class ReferenceReader(Service):
 
     async def ready(self) -> None:
         await self._ready.wait()
+
+    def reading(self) -> set[str]:
+        """The topics read (a topic that did not exist at start is not)."""
+        return {tp.topic for tp in self._consumer.assignment()} if self._consumer is not None else set()
 
     def is_ready(self) -> bool:
         return self._ready.is_set()

@@ -96,11 +96,6 @@ def _hold(kind: str, row: dict[str, Any]) -> Output:
     )
 
 
-def holds(state: dict[str, Any]) -> bool:
-    """True while a parked referrer may still send this customer a claim."""
-    return bool(state.get("holds"))
-
-
 def _unsettled(state: dict[str, Any], settled_before: float) -> bool:
     lin = state.get("lin")
     return "parked" in state or lin is None or float(lin.get("placed", 0.0)) >= settled_before
@@ -275,37 +270,6 @@ def _credit(state: dict[str, Any], row: dict[str, Any], ctx: Context) -> list[Ou
             )
         )
     comm.prune_book(state, row["ts"])
-    return out
-
-
-def on_claim(state: dict[str, Any], claim: dict[str, Any], now_s: float = 0.0) -> list[Output]:
-    """A claim to make this customer a node (or move it to an earlier parent), or the
-    retraction of one whose order lost its credit, or a parked referrer's (un)hold.
-    ``now_s``: when it was placed."""
-    kind = claim.get("type")
-    if kind in ("hold", "unhold"):
-        held = state.setdefault("holds", {})
-        if kind == "hold":
-            held[claim["by"]] = 1
-        else:
-            held.pop(claim["by"], None)
-        if not held:
-            del state["holds"]
-        return []
-    if kind == "retract":
-        node, previous = lineage.retract_claim(state, claim)
-    else:
-        node, previous = lineage.apply_claim(state, claim)
-    if node is None:
-        return []
-    if "lin" in state:
-        state["lin"]["placed"] = now_s
-    version = comm.next_seq(state)
-    out: list[Output] = [("chain_nodes", node["node_id"], {**node, "version": version})]
-    if previous is not None:
-        out.append(("ripple-chains", previous["root_id"], {"type": "remove", **previous, "ts": claim["ts"]}))
-    if node["active"]:
-        out.append(("ripple-chains", node["root_id"], {"type": "node", **node}))
     return out
 
 

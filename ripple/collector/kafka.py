@@ -1,16 +1,15 @@
-"""The collector's Kafka side: the reader of the ``codes`` topic and the producer that
-acknowledges each request once the broker has its events."""
+"""The collector's Kafka side: the producer that acknowledges each request once the broker
+has its events, and the reader of the ``codes`` topic (the workers' reader of the reference
+topics, :class:`streams.reference_reader.ReferenceReader`, on ``codes`` only)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import threading
-import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
+from confluent_kafka import KafkaError
 
 from ripple.collector.base import ACK_TIMEOUT_S, CollectorError, say
 from ripple.collector.intake import (
@@ -18,104 +17,10 @@ from ripple.collector.intake import (
     Message,
 )
 from ripple.config import Settings
-from streams.events import decode, message_time
 from streams.kafka import producer_config
 from streams.producer import Producer, QueueFull
-from streams.reference import Code, ReferenceData
-
-
-# -- the codes topic ----------------------------------------------------------------------
-class CodeBook:
-    """Every referral code, read from the compacted ``codes`` topic from its beginning and
-    then continuously, in a thread, with the workers' decoding. No consumer group: nothing
-    is committed.
-
-    "Caught up" means every partition was read to the end offset the broker reported at
-    start; the embedded broker can report less than the true end (see
-    ``streams.reference_reader.ReferenceReader._true_ends``), and reading goes on regardless."""
-
-    def __init__(self, settings: Settings) -> None:
-        assert settings.bootstrap is not None
-        self.data = ReferenceData()
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap,
-                **settings.kafka.confluent(),
-                "group.id": f"ripple-collector-{secrets.token_hex(4)}",  # required; never joined or committed
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": 200,
-                # the embedded broker returns nothing for a batch larger than this
-                "max.partition.fetch.bytes": 2 * 1024 * 1024,
-                "logger": logging.getLogger("ripple.kafka"),
-            }
-        )
-        self.caught_up = threading.Event()
-        self._ends: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector-codes", daemon=True)
-
-    def start(self) -> None:
-        meta = self.consumer.list_topics("codes", timeout=10)
-        topic = meta.topics.get("codes")
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise CollectorError("topic codes does not exist: create the topics first (ripple up, worker or sink)")
-        parts = sorted(topic.partitions)
-        for p in parts:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition("codes", p), timeout=10, cached=False)
-            if high > 0:
-                self._ends[p] = high
-        self.consumer.assign([TopicPartition("codes", p, OFFSET_BEGINNING) for p in parts])
-        if not self._ends:
-            self.caught_up.set()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                msg = self.consumer.poll(0.2)
-            except Exception as exc:  # the consumer is closing
-                say(logging.WARNING, "codes_read_failed", error=type(exc).__name__)
-                return
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    say(logging.WARNING, "codes_read_error", error=error.str())
-                continue
-            _, stamp = msg.timestamp()
-            good, _ = decode("codes", msg.value(), message_time(stamp, int(time.time() * 1000)))
-            for event in good:
-                self.data.apply("codes", event)
-            partition, offset = msg.partition(), msg.offset()
-            if partition is None or offset is None:
-                continue
-            end = self._ends.get(partition)
-            if end is not None and offset + 1 >= end:
-                del self._ends[partition]
-                if not self._ends:
-                    self.caught_up.set()
-                    say(logging.INFO, "codes_loaded", codes=len(self.data.codes))
-
-    def lookup(self, code: str, now_ms: int) -> Code | None:
-        """The code's record when it is active and not expired at ``now_ms``, else None
-        (codes are case-insensitive)."""
-        found = self.data.codes.get(code.lower())
-        if found is None or not found.active:
-            return None
-        if found.expires_ts is not None and now_ms >= found.expires_ts:
-            return None
-        return found
-
-    def __len__(self) -> int:
-        return len(self.data.codes)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self.consumer.close()
+from streams.reference import ReferenceData
+from streams.reference_reader import ReferenceReader
 
 
 # -- the producer -----------------------------------------------------------------------------
@@ -201,3 +106,22 @@ class Delivery:
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is queued (for at most ``timeout`` seconds); return what was left."""
         return self.producer.close(timeout)
+
+
+async def read_codes(settings: Settings) -> ReferenceReader:
+    """Every referral code, read from the compacted ``codes`` topic from its beginning (this
+    returns once what the topic held at start is read) and then continuously."""
+    assert settings.bootstrap is not None
+    codes = ReferenceReader(
+        settings.bootstrap, ReferenceData(), "ripple-collector", settings.kafka, topics=("codes",), offsets=False
+    )
+    try:
+        await codes.start()
+    except AIOKafkaError as exc:
+        await codes.stop()
+        raise CollectorError(f"cannot read the codes topic from {settings.bootstrap}: {exc}") from None
+    if "codes" not in codes.reading():
+        await codes.stop()
+        raise CollectorError("topic codes does not exist: create the topics first (ripple up, worker or sink)")
+    say(logging.INFO, "codes_loaded", codes=len(codes.data.codes))
+    return codes

@@ -36,13 +36,14 @@ from ripple.collector.intake import (
     visitor_id,
     with_param,
 )
-from ripple.collector.kafka import CodeBook, Delivery
+from ripple.collector.kafka import Delivery, read_codes
 from ripple.config import Settings
 from streams.events import validate
 from streams.fraud import FraudConfig, is_bot, load_config
 from streams.kafka import Secret
 from streams.metrics import CollectorMetrics
 from streams.reference import Code
+from streams.reference_reader import ReferenceReader
 
 # -- the web application ------------------------------------------------------------------------
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,7 +58,7 @@ class Collector:
         self,
         settings: Settings,
         salt: Secret,
-        codes: CodeBook,
+        codes: ReferenceReader,
         delivery: Delivery,
         metrics: CollectorMetrics | None = None,
         fraud: FraudConfig | None = None,
@@ -197,7 +198,7 @@ class Collector:
         code = request.match_info["code"]
         now_ms = int(time.time() * 1000)
         visitor = visitor_id(request.cookies.get(VISITOR_COOKIE)) or secrets.token_urlsafe(16)
-        found = self.codes.lookup(code, now_ms) if len(code) <= 128 else None
+        found = self.codes.data.active_code(code, now_ms) if len(code) <= 128 else None
         target = safe_landing(found.landing_url if found else None) or self.settings.collector_landing_url
         if found is None:
             self.metrics.clicks.labels("unknown").inc()
@@ -265,12 +266,12 @@ class Collector:
         )
 
     async def healthz(self, _: web.Request) -> web.Response:
-        self.metrics.codes.set(len(self.codes))
+        self.metrics.codes.set(len(self.codes.data.codes))
         return _json(
             {
                 "status": "ok",
-                "codes": len(self.codes),
-                "codes_caught_up": self.codes.caught_up.is_set(),
+                "codes": len(self.codes.data.codes),
+                "codes_caught_up": self.codes.is_ready(),
                 "partitions": self.delivery.partitions,
                 "producer_queue": self.delivery.queued(),
             },
@@ -278,7 +279,7 @@ class Collector:
         )
 
     async def prometheus(self, _: web.Request) -> web.Response:
-        self.metrics.codes.set(len(self.codes))
+        self.metrics.codes.set(len(self.codes.data.codes))
         payload, content_type = self.metrics.render()
         return web.Response(body=payload, content_type=content_type)
 
@@ -288,14 +289,13 @@ async def run_collector(settings: Settings, port: int) -> None:
     """Serve until SIGINT or SIGTERM, then stop taking requests and deliver what is queued."""
     loop = asyncio.get_running_loop()
     salt = load_salt(settings)
-    codes = CodeBook(settings)
     delivery = Delivery(settings, loop)
+    codes: ReferenceReader | None = None
     runner: web.AppRunner | None = None
     try:
-        await loop.run_in_executor(None, codes.start)
-        await loop.run_in_executor(None, delivery.start)
         # serve once the codes known at start are read, so no link of a known code is missed
-        await loop.run_in_executor(None, codes.caught_up.wait, 15.0)
+        codes = await read_codes(settings)
+        await loop.run_in_executor(None, delivery.start)
         collector = Collector(settings, salt, codes, delivery)
         runner = web.AppRunner(collector.app(), access_log=None, shutdown_timeout=5.0)
         await runner.setup()
@@ -310,7 +310,7 @@ async def run_collector(settings: Settings, port: int) -> None:
             "listening",
             host=settings.collector_host,
             port=port,
-            codes=len(codes),
+            codes=len(codes.data.codes),
             partitions=",".join(f"{t}:{n}" for t, n in sorted(delivery.partitions.items())),
         )
         stop = asyncio.Event()
@@ -328,5 +328,6 @@ async def run_collector(settings: Settings, port: int) -> None:
         if runner is not None:
             await runner.cleanup()
         left = await loop.run_in_executor(None, delivery.close, 10.0)
-        await loop.run_in_executor(None, codes.close)
+        if codes is not None:
+            await codes.stop()
         say(logging.INFO, "stopped", undelivered=left)

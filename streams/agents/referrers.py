@@ -66,7 +66,7 @@ class Referrers:
             state = held(touched, self.table, key) or referrer_logic.new_state()
             touched[key] = (partition, state)
             if topic == CLAIMS:
-                box.emit(referrer_logic.on_claim(state, one, now))
+                box.emit(lineage.on_claim(state, one, now))
             else:
                 box.emit(referrer_logic.on_credit(state, one, self.ctx, now, settled_before))
             if "parked" in state:
@@ -92,14 +92,14 @@ class Referrers:
 
         Customers with a place first: booking their credits sends claims to their friends;
         one without a place may become a root only once no parked referrer (on any worker)
-        holds it — a hold ends after the claim it may bring (:func:`streams.referrer.holds`)."""
+        holds it — a hold ends after the claim it may bring (:func:`streams.lineage.holds`)."""
         states = {key: self.table.data.get(key.encode()) for key in self.parked}
         for key, partition in sorted(self.parked.items(), key=lambda kv: "lin" not in (states[kv[0]] or {})):
             state = states[key]
             if state is None or "parked" not in state:
                 self.parked.pop(key, None)
                 continue
-            if "lin" not in state and referrer_logic.holds(state):
+            if "lin" not in state and lineage.holds(state):
                 continue
             outputs = referrer_logic.release(state, self.ctx, settled_before)
             if outputs or "parked" not in state:

@@ -32,7 +32,7 @@ from sinks.clickhouse import ClickHouse
 from sinks.tables import DEAD_LETTER_COLUMNS, JSON_TABLES, SPECS, rows_for_message
 from streams import attribution as attr
 from streams import commission as comm
-from streams import fraud
+from streams import fraud, lineage
 from streams import referrer as referrer_logic
 from streams.agents import alerts as alert_agent
 from streams.agents import chains as chain_agent
@@ -136,7 +136,7 @@ def produced() -> dict[str, list[dict[str, Any]]]:
             topic, key, value = claims.popleft()
             state = referrers.setdefault(key, referrer_logic.new_state())
             if topic == "ripple-lineage":
-                emit(referrer_logic.on_claim(state, value))
+                emit(lineage.on_claim(state, value))
             else:
                 emit(referrer_logic.on_credit(state, value, ctx))
         # then what is parked, placed customers first, as the worker releases it
