@@ -2,7 +2,8 @@
 totals, and the built-in dashboard's five views (``GET /api/view/{name}?model=last_click``
 runs a view's queries and returns ``{query name: rows}``). The views ask the same questions
 as the Grafana dashboards in ``deploy/grafana/``, for the embedded mode where there is no
-Grafana. Values reach ClickHouse only as query parameters."""
+Grafana; :mod:`ripple.web.grafana` renders those dashboards' SQL, so both can be run and
+compared. Values reach ClickHouse only as query parameters."""
 
 from __future__ import annotations
 
@@ -13,19 +14,20 @@ from streams.models import MODELS
 
 LEADERBOARD_SQL = """
 SELECT
-    a.referrer_id AS creator_id,
+    d.creator_id AS creator_id,
     any(c.handle) AS handle,
     any(c.tier) AS tier,
-    round(sum(a.credit), 2) AS conversions,
-    sum(a.revenue_minor) AS revenue_minor,
-    sum(a.commission_minor) AS commission_minor,
-    any(a.currency) AS currency
-FROM ripple.attributions AS a FINAL
+    round(sum(d.conversions), 2) AS conversions,
+    toInt64(sum(d.revenue_minor)) AS revenue_minor,
+    toInt64(round(sum(d.commission_minor))) AS commission_minor,
+    any(d.currency) AS currency
+FROM ripple.creator_daily AS d
 LEFT JOIN (SELECT creator_id, handle, tier FROM ripple.creators FINAL) AS c
-    ON c.creator_id = a.referrer_id
-WHERE a.model = {model:String} AND a.credit > 0
-GROUP BY a.referrer_id
-ORDER BY revenue_minor DESC
+    ON c.creator_id = d.creator_id
+WHERE d.model = {model:String}
+GROUP BY d.creator_id
+HAVING conversions > 0
+ORDER BY revenue_minor DESC, creator_id
 LIMIT {limit:UInt32}
 """
 
@@ -72,7 +74,8 @@ VIEWS: dict[str, dict[str, str]] = {
                           - sum(d.discount_minor) - sum(d.flat_fees_minor))
                          / nullIf(sum(d.commission_minor) + sum(d.discount_minor) + sum(d.flat_fees_minor), 0), 2)
                        AS roi,
-                   round(avgIf(d.ltv_90d_minor, d.ltv_90d_minor IS NOT NULL)) AS ltv_90d_minor
+                   round(sumIf(d.ltv_90d_minor * d.new_customers, d.ltv_90d_minor IS NOT NULL)
+                         / nullIf(sumIf(d.new_customers, d.ltv_90d_minor IS NOT NULL), 0)) AS ltv_90d_minor
             FROM ripple.creator_daily AS d
             LEFT JOIN (SELECT creator_id, handle, tier FROM ripple.creators FINAL) AS c
                 ON c.creator_id = d.creator_id

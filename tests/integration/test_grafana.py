@@ -2,8 +2,9 @@
 
 Static checks: every file parses, uses only the two provisioned datasources, has stable uids
 and reads every ReplacingMergeTree table with FINAL. Integration: every ClickHouse panel runs,
-with its macros and variables filled in as Grafana and the ClickHouse plugin would, against
-chDB loaded with a simulated program through the whole stack; every Prometheus expression
+with its macros and variables filled in as Grafana and the ClickHouse plugin would
+(:mod:`ripple.web.grafana`), against chDB loaded with a simulated program through the whole
+stack, and the creator leaderboard agrees with the web server's; every Prometheus expression
 passes ``promtool check rules``.
 """
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from ripple.web.grafana import default_variables, render_sql
+from ripple.web.queries import LEADERBOARD_SQL, query_view
 from sinks.clickhouse import ClickHouse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,61 +157,7 @@ def parse_yaml(text: str) -> Any:
     return result
 
 
-# ------------------------------------------------------------------ Grafana's substitutions
-
-
-def variable_values(dashboard: dict[str, Any]) -> dict[str, list[str]]:
-    """Each template variable's default values (All expanded to every option)."""
-    values: dict[str, list[str]] = {}
-    for var in dashboard.get("templating", {}).get("list", []):
-        current = var["current"]["value"]
-        chosen = current if isinstance(current, list) else [current]
-        if "$__all" in chosen:
-            chosen = [o["value"] for o in var["options"] if o["value"] != "$__all"]
-        values[var["name"]] = chosen
-    return values
-
-
-def render_sql(sql: str, variables: dict[str, list[str]], start: datetime, end: datetime, interval_s: int) -> str:
-    """The query the ClickHouse plugin (4.x) sends: Grafana's variables (plugin format: a
-    multi-value list becomes 'a','b'), then the plugin's macros, as in pkg/macros/macros.go."""
-
-    def var(m: re.Match[str]) -> str:
-        name, fmt = m.group("name") or m.group("plain"), m.group("fmt")
-        assert name in variables, f"unknown variable ${name}"
-        vals = variables[name]
-        if fmt == "singlequote" or len(vals) > 1:
-            return ",".join("'" + v.replace("'", "\\'") + "'" for v in vals)
-        assert fmt is None, f"unsupported variable format {fmt}"
-        return vals[0]
-
-    sql = re.sub(r"\$\{(?P<name>\w+)(?::(?P<fmt>\w+))?\}|\$(?P<plain>(?!__)\w+)", var, sql)
-    f_s, t_s = int(start.timestamp()), int(end.timestamp())
-    f_ms, t_ms = f_s * 1000, t_s * 1000
-    macros: list[tuple[str, Any]] = [
-        (
-            r"\$__timeFilter_ms\(([^()]+)\)",
-            lambda c: f"{c} >= fromUnixTimestamp64Milli({f_ms}) AND {c} <= fromUnixTimestamp64Milli({t_ms})",
-        ),
-        (r"\$__timeFilter\(([^()]+)\)", lambda c: f"{c} >= toDateTime({f_s}) AND {c} <= toDateTime({t_s})"),
-        (
-            r"\$__dateFilter\(([^()]+)\)",
-            lambda c: f"{c} >= toDate('{start:%Y-%m-%d}') AND {c} <= toDate('{end:%Y-%m-%d}')",
-        ),
-        (
-            r"\$__timeInterval\(([^()]+)\)",
-            lambda c: f"toStartOfInterval(toDateTime({c}), INTERVAL {interval_s} second)",
-        ),
-        (r"\$__fromTime_ms\b", lambda _: f"fromUnixTimestamp64Milli({f_ms})"),
-        (r"\$__toTime_ms\b", lambda _: f"fromUnixTimestamp64Milli({t_ms})"),
-        (r"\$__fromTime\b", lambda _: f"toDateTime({f_s})"),
-        (r"\$__toTime\b", lambda _: f"toDateTime({t_s})"),
-        (r"\$__interval_s\b", lambda _: str(interval_s)),
-    ]
-    for pattern, fill in macros:
-        sql = re.sub(pattern, lambda m, fill=fill: fill(m.group(1).strip() if m.groups() else ""), sql)
-    assert "$" not in sql, f"unsubstituted macro or variable in {sql}"
-    return sql
+# ------------------------------------------------------------------ Grafana's substitutions in PromQL
 
 
 def render_promql(expr: str) -> str:
@@ -257,7 +206,7 @@ def test_panels_use_the_provisioned_datasources() -> None:
 
 def test_clickhouse_panels_read_with_final() -> None:
     for uid, d, p in clickhouse_panels():
-        variables = variable_values(d)
+        variables = default_variables(d)
         for t in p["targets"]:
             sql = t["rawSql"]
             for name in re.findall(r"\$\{?(\w+)", sql):
@@ -325,6 +274,11 @@ def test_render_sql() -> None:
     assert render_sql("$__dateFilter(day)", {}, start, end, 60) == (
         "day >= toDate('2026-01-01') AND day <= toDate('2026-01-02')"
     )
+    for bad in ("${nope}", "${model:csv}", "$__unknownMacro(ts)"):
+        with pytest.raises(ValueError):
+            render_sql(bad, {"model": ["linear"]}, start, end, 60)
+    with pytest.raises(ValueError):
+        render_sql("$__timeFilter(ts)", {}, start.replace(tzinfo=None), end, 60)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -377,7 +331,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
 def test_clickhouse_panel_runs(loaded: tuple[ClickHouse, datetime, datetime], uid: str, title: str) -> None:
     ch, start, end = loaded
     [(dashboard, panel)] = [(d, p) for u, d, p in clickhouse_panels() if u == uid and p["title"] == title]
-    variables = variable_values(dashboard)
+    variables = default_variables(dashboard)
     for target in panel["targets"]:
         sql = render_sql(target["rawSql"], variables, start, end, interval_s=3600)
         rows = ch.query(sql)
@@ -390,13 +344,130 @@ def test_clickhouse_panel_runs(loaded: tuple[ClickHouse, datetime, datetime], ui
             assert times == sorted(times), f"{uid} / {title}: a time series must be ordered by time"
 
 
-@pytest.mark.integration
-def test_every_model_gives_a_leaderboard(loaded: tuple[ClickHouse, datetime, datetime]) -> None:
-    ch, start, end = loaded
+def grafana_leaderboard(ch: ClickHouse, start: datetime, end: datetime, model: str) -> list[dict[str, Any]]:
+    """The rows of the creator leaderboard panel for one model."""
     [(dashboard, panel)] = [
         (d, p) for u, d, p in clickhouse_panels() if (u, p["title"]) == ("ripple-creators", "Creator leaderboard")
     ]
+    variables = {**default_variables(dashboard), "model": [model]}
+    return ch.query_dicts(render_sql(panel["targets"][0]["rawSql"], variables, start, end, 3600))
+
+
+@pytest.mark.integration
+def test_every_model_gives_a_leaderboard(loaded: tuple[ClickHouse, datetime, datetime]) -> None:
+    ch, start, end = loaded
     for model in MODELS:
-        variables = {**variable_values(dashboard), "model": [model]}
-        rows = ch.query(render_sql(panel["targets"][0]["rawSql"], variables, start, end, 3600))
-        assert rows and all(r[0] for r in rows), model
+        rows = grafana_leaderboard(ch, start, end, model)
+        assert rows and all(r["creator"] for r in rows), model
+
+
+# ------------------------------------------------------------------ Grafana's leaderboard against the web server's
+
+#: (Grafana column, web column, web units per Grafana unit, tolerance in web units). Grafana shows
+#: money in major units, the web server in minor units (every simulated currency has two
+#: decimals). Each side rounds on its own, so a figure may differ by one step of the coarser
+#: rounding; revenue is a sum of integers and must match to the minor unit.
+LEADERBOARD_FIGURES = [
+    ("conversions", "conversions", 1, 0.01),
+    ("revenue", "revenue_minor", 100, 1e-6),
+    ("commission", "commission_minor", 100, 1),
+    ("ctr", "ctr", 1, 1e-4),
+    ("cr", "cr", 1, 1e-4),
+    ("aov", "aov_minor", 100, 1),
+    ("epc", "epc_minor", 100, 1),
+    ("roi", "roi", 1, 0.01),
+]
+
+
+def figure_disagreements(
+    grafana: dict[str, Any], web: dict[str, Any], figures: list[tuple[str, str, int, float]]
+) -> list[str]:
+    """The figures of one creator on which the two leaderboards differ, as readable lines."""
+    out = []
+    for g_col, w_col, scale, tolerance in figures:
+        g, w = grafana[g_col], web[w_col]
+        if (g is None) != (w is None) or (g is not None and abs(g * scale - w) > tolerance):
+            out.append(f"{g_col}: Grafana {g}, web {w_col} {w}")
+    return out
+
+
+def leaderboards(
+    loaded: tuple[ClickHouse, datetime, datetime], model: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Grafana's leaderboard by displayed name, over a range that holds every day of the
+    program, and the built-in dashboard's (``GET /api/view/creators``).
+
+    Grafana reads the dashboard's time range (30 days by default), the built-in dashboard all
+    time: they are comparable where the range leaves no day out, which is checked here."""
+    ch, start, end = loaded
+    [(first, last)] = ch.query("SELECT min(day), max(day) FROM ripple.creator_daily")
+    assert start.date() <= first and last <= end.date(), (first, last, start, end)
+    grafana = grafana_leaderboard(ch, start, end, model)
+    by_name = {r["creator"]: r for r in grafana}
+    assert len(by_name) == len(grafana), "Grafana shows two creators under one name"
+    return by_name, query_view(ch, "creators", model)["leaderboard"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("model", MODELS)
+def test_grafana_leaderboard_agrees_with_the_web_server(
+    loaded: tuple[ClickHouse, datetime, datetime], model: str
+) -> None:
+    """Same creators, same order, same figures in Grafana's creator leaderboard and the built-in
+    dashboard's; conversions and revenue of the API's ``/api/leaderboard`` too."""
+    grafana, web = leaderboards(loaded, model)
+    assert web, model
+    # both rank by revenue; the built-in dashboard shows the top 15, Grafana every creator
+    # (up to 200), so ties at the 15th place may show different creators with equal revenue
+    ranked = sorted(grafana.values(), key=lambda r: -r["revenue"])[: len(web)]
+    assert [round(r["revenue"] * 100) for r in ranked] == [w["revenue_minor"] for w in web], model
+    for w in web:
+        name = w["handle"] or w["creator_id"]
+        assert name in grafana, f"{model}: {name} is not on Grafana's leaderboard"
+        assert grafana[name]["tier"] == w["tier"], f"{model} / {name}"
+        assert not figure_disagreements(grafana[name], w, LEADERBOARD_FIGURES), (
+            f"{model} / {name}: {figure_disagreements(grafana[name], w, LEADERBOARD_FIGURES)}"
+        )
+
+    # /api/leaderboard: the conversions and revenue of Grafana for every creator with a
+    # conversion (its commission: test_api_leaderboard_lists_creators_with_net_commission)
+    ch = loaded[0]
+    api = {
+        r["handle"] or r["creator_id"]: r for r in ch.query_dicts(LEADERBOARD_SQL, {"model": model, "limit": 10_000})
+    }
+    converting = {name for name, r in grafana.items() if r["conversions"] > 0}
+    assert converting and converting == {name for name in api if name in grafana}, model
+    for name in converting:
+        assert not figure_disagreements(grafana[name], api[name], LEADERBOARD_FIGURES[:2]), (
+            f"{model} / {name}: {figure_disagreements(grafana[name], api[name], LEADERBOARD_FIGURES[:2])}"
+        )
+
+
+@pytest.mark.integration
+def test_web_leaderboard_ltv_is_per_customer(loaded: tuple[ClickHouse, datetime, datetime]) -> None:
+    """The 90-day LTV of a creator is the net revenue of the customers the creator brought in,
+    over their first 90 days, per customer: creator_daily's daily values weighted by the
+    customers acquired each day, as Grafana computes it. A plain mean of the daily values
+    gives a day with one new customer the weight of a day with ten."""
+    grafana, web = leaderboards(loaded, "last_click")
+    ltv = [("ltv_90d", "ltv_90d_minor", 100, 1)]
+    wrong = {w["creator_id"]: figure_disagreements(grafana[w["handle"] or w["creator_id"]], w, ltv) for w in web}
+    assert not {k: v for k, v in wrong.items() if v}
+
+
+@pytest.mark.integration
+def test_api_leaderboard_lists_creators_with_net_commission(loaded: tuple[ClickHouse, datetime, datetime]) -> None:
+    """The API's leaderboard ranks the creators Grafana's does, with commission net of refunds
+    (docs/attribution.md: commission is on the net amount, a refund writes a reversal)."""
+    ch = loaded[0]
+    grafana, _ = leaderboards(loaded, "last_click")
+    api = {
+        r["handle"] or r["creator_id"]: r
+        for r in ch.query_dicts(LEADERBOARD_SQL, {"model": "last_click", "limit": 10_000})
+    }
+    commission = [("commission", "commission_minor", 100, 1)]
+    not_creators = sorted(name for name in api if name not in grafana)
+    wrong = {name: figure_disagreements(grafana[name], r, commission) for name, r in api.items() if name in grafana}
+    assert not not_creators and not {k: v for k, v in wrong.items() if v}, (
+        f"not creators: {not_creators}; commission: { ({k: v for k, v in wrong.items() if v}) }"
+    )
