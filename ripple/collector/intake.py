@@ -126,8 +126,10 @@ class Prepared:
 def prepare(
     items: list[Any], now_ms: int, max_future_ms: int = MAX_FUTURE_MS, client: Client | None = None
 ) -> Prepared:
-    """Check every item; ``client`` fills ``ip_hash`` and ``user_agent`` of clicks and
-    orders that lack them. ``type`` is not part of what is produced: the topic says it.
+    """Check every item; ``client`` (a browser's request) sets ``ip_hash`` and
+    ``user_agent`` of clicks and orders to the request's, whatever the event says; a
+    server's request (no client) sends its own. ``type`` is not part of what is produced:
+    the topic says it.
 
     An item may carry ``sent_ts``, its sender's clock when it was sent (the snippet stamps
     every batch): its ``ts`` is then shifted by ``now_ms - sent_ts``, so an event from a
@@ -152,9 +154,14 @@ def prepare(
         if shift and isinstance(event.get("ts"), int) and not isinstance(event["ts"], bool):
             event["ts"] += shift
         if client is not None and topic in ENRICHED_TOPICS:
-            if client.ip_hash is not None and "ip_hash" not in event:
+            # a browser's request says who sent it: what the event claims is replaced, so a
+            # script cannot pick its own ip_hash or user agent and slip past click_flood
+            # and bot_click
+            event.pop("ip_hash", None)
+            event.pop("user_agent", None)
+            if client.ip_hash is not None:
                 event["ip_hash"] = client.ip_hash
-            if client.user_agent and "user_agent" not in event:
+            if client.user_agent:
                 event["user_agent"] = client.user_agent[:MAX_USER_AGENT]
         error = validate(topic, event, now_ms, max_future_ms)
         if error is None:

@@ -229,7 +229,7 @@ def test_the_collector_accepts_exactly_what_the_workers_accept() -> None:
 
 
 # -- enrichment ---------------------------------------------------------------------------------
-def test_the_client_fills_clicks_and_orders_that_lack_ip_hash_and_user_agent() -> None:
+def test_a_browser_request_sets_ip_hash_and_user_agent_whatever_its_events_say() -> None:
     browser = Client("h:" + "a" * 32, "Mozilla/5.0 " + "x" * 600)
     order = {"type": "order", "event_id": "o", "ts": NOW, "order_id": "o", "visitor_id": "v", "customer_id": "c",
              "amount_minor": 1, "currency": "EUR"}  # fmt: skip
@@ -237,11 +237,19 @@ def test_the_client_fills_clicks_and_orders_that_lack_ip_hash_and_user_agent() -
     events = {i: e for i, _, e in prepare(items, NOW, client=browser).accepted}
     assert events[0]["ip_hash"] == browser.ip_hash
     assert events[0]["user_agent"] == browser.user_agent[:512]  # the schema's limit
-    assert (events[1]["ip_hash"], events[1]["user_agent"]) == ("h:own-hash-1234", "own")  # the event's own win
+    # a script in the page cannot choose its own and slip past click_flood and bot_click
+    assert (events[1]["ip_hash"], events[1]["user_agent"]) == (browser.ip_hash, browser.user_agent[:512])
     assert events[2]["ip_hash"] == browser.ip_hash
     assert "ip_hash" not in events[3] and "user_agent" not in events[3]  # views carry neither
-    # no client (a server's request): nothing added
+    # a request without a user agent (or an address) takes the event's away too
+    [(_, _, bare)] = prepare(
+        [click(2, ip_hash="h:own-hash-1234", user_agent="own")], NOW, client=Client(None, None)
+    ).accepted
+    assert "ip_hash" not in bare and "user_agent" not in bare
+    # no client (a server's request): nothing added, the server's own kept
     assert all("ip_hash" not in e for _, _, e in prepare([click(1), order], NOW).accepted)
+    [(_, _, server)] = prepare([click(2, ip_hash="h:own-hash-1234", user_agent="own")], NOW).accepted
+    assert (server["ip_hash"], server["user_agent"]) == ("h:own-hash-1234", "own")
 
 
 # -- partitions -------------------------------------------------------------------------------

@@ -231,6 +231,14 @@ def test_monitoring_mounts_match_the_configs(services: dict[str, dict[str, Any]]
     assert "grafana-clickhouse-datasource" in env["GF_INSTALL_PLUGINS"]
 
 
+def test_the_collector_trusts_the_proxy_in_front_of_it(services: dict[str, dict[str, Any]]) -> None:
+    # without it every shopper behind the TLS proxy has the proxy's address: one ip_hash,
+    # one rate-limit bucket, click_flood for everyone
+    env = services["collector"]["environment"]
+    assert env["RIPPLE_COLLECTOR_PROXIES"] == "${RIPPLE_COLLECTOR_PROXIES:-1}"
+    assert services["collector"]["ports"] == ["127.0.0.1:8090:8090"]  # reached only through that proxy
+
+
 def test_prometheus_targets_are_compose_services(services: dict[str, dict[str, Any]]) -> None:
     config = _load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
     ports = {"worker": "6066", "sink": "8081", "alertmanager": "9093", "collector": "8090"}
