@@ -35,10 +35,13 @@ MAX_DEPTH = 32
 #: the most of a rejected message or event kept as its raw bytes, so a dead letter always
 #: fits in a Kafka message
 MAX_RAW_KEPT = 64 * 1024
-#: fields that carry a person's identity: opaque hashes only (SPEC §2)
+#: fields that carry a person's identity: opaque hashes or ids only, never a raw e-mail or IP
+#: address (SPEC §2). A shop that keys its customers or visitors by e-mail would otherwise put
+#: the address in every topic, table and Kafka key.
 IDENTITY_FIELDS: dict[str, tuple[str, ...]] = {
-    "clicks": ("ip_hash",),
-    "orders": ("email_hash", "payment_hash", "shipping_hash", "device_id", "ip_hash"),
+    "views": ("visitor_id",),
+    "clicks": ("ip_hash", "visitor_id"),
+    "orders": ("email_hash", "payment_hash", "shipping_hash", "device_id", "ip_hash", "visitor_id", "customer_id"),
     "creators": ("email_hash", "payment_hash", "device_ids"),
 }
 REDACTED = "[redacted]"

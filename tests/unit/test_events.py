@@ -166,6 +166,11 @@ RAW_IDENTITIES = [
     ("clicks", "ip_hash", "2001:db8::1", "IP address"),
     ("clicks", "ip_hash", "::ffff:10.0.0.1", "IP address"),
     ("creators", "email_hash", "jane@localhost", "e-mail address"),
+    # ids are not hashes, but they must not be a person's address either
+    ("orders", "customer_id", "jane.doe@example.com", "e-mail address"),
+    ("orders", "visitor_id", "jane@example.com", "e-mail address"),
+    ("views", "visitor_id", " jane@example.com", "e-mail address"),
+    ("clicks", "visitor_id", "192.168.1.20", "IP address"),
     ("creators", "payment_hash", "fe80::abcd", "IP address"),
 ]
 
@@ -204,6 +209,10 @@ def test_device_ids_of_a_creator_are_checked_one_by_one() -> None:
         ("orders", "device_id", "device:1:2"),
         ("orders", "device_id", "iPhone 15"),
         ("creators", "device_ids", ["ios-1234", "a1:b2:c3:d4"]),
+        ("orders", "customer_id", "cus-77"),
+        ("orders", "customer_id", "shopify:gid://Customer/1234"),
+        ("orders", "visitor_id", "vis-8f3a.1c2d"),
+        ("views", "visitor_id", "0a1b2c3d-4e5f-6789-abcd-ef0123456789"),
     ],
 )
 def test_hashes_and_device_ids_pass(topic: str, field: str, value: Any) -> None:
@@ -221,6 +230,10 @@ def test_hashes_and_device_ids_pass(topic: str, field: str, value: Any) -> None:
             ("orders", "device_id"),
             ("creators", "email_hash"),
             ("creators", "payment_hash"),
+            ("orders", "customer_id"),
+            ("orders", "visitor_id"),
+            ("views", "visitor_id"),
+            ("clicks", "visitor_id"),
         ]
     ),
     st.one_of(st.ip_addresses().map(str), st.emails()),
