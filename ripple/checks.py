@@ -237,6 +237,16 @@ def check_host(value: str, what: str) -> None:
         raise ConfigError(f"{what} must be an IP address or a host name, got {value!r}")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this host only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_hostport(value: str, what: str) -> None:
     for server in value.split(","):
         host, sep, port = server.strip().rpartition(":")

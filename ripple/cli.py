@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ripple.arguments import EXIT_USAGE, build_parser
-from ripple.checks import ConfigError
+from ripple.checks import ConfigError, is_loopback
 from ripple.config import Settings, load_settings
 
 
@@ -116,6 +116,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.supervisor import Up
 
     _embedded_broker_only(settings, "ripple up")
+    _open_api_needs_a_token(settings, "ripple up")
     _make_dir(settings.data_dir, "data dir")
     settings = settings.with_web_port(8080)
     try:
@@ -149,9 +150,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _open_api_needs_a_token(settings: Settings, command: str) -> None:
+    """The web server answers /api/* (every creator's figures) on ``web_host``: off loopback
+    only behind a bearer token."""
+    if settings.api_token is None and not is_loopback(settings.web_host):
+        raise ConfigError(
+            f"{command} would serve its API on {settings.web_host} to anyone who can reach it: set "
+            "RIPPLE_API_TOKEN (or RIPPLE_API_TOKEN_FILE), or bind 127.0.0.1 (RIPPLE_WEB_HOST)"
+        )
+
+
 def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.bootstrap:
         raise ConfigError("the sink needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
+    _open_api_needs_a_token(settings, "ripple sink")
     from ripple.broker import create_topics
     from ripple.services import run_sink
 

@@ -61,6 +61,10 @@ CASES: dict[str, Case] = {
     "model unknown": Case(("up",), {"RIPPLE_COMMISSION_MODEL": "vibes"}, "commission model"),
     "log level unknown": Case(("up",), {"RIPPLE_LOG_LEVEL": "loud"}, "log level"),
     "web host bad": Case(("up",), {"RIPPLE_WEB_HOST": "not a host"}, "RIPPLE_WEB_HOST"),
+    # every creator's figures to anyone who can reach the port: a token or loopback
+    "open API, sink": Case(("sink",), {**BROKER, "RIPPLE_WEB_HOST": "0.0.0.0"}, "set RIPPLE_API_TOKEN"),
+    "open API, up": Case(("up",), {"RIPPLE_WEB_HOST": "::"}, "would serve its API on ::"),
+    "open API, a public address": Case(("sink",), {**BROKER, "RIPPLE_WEB_HOST": "192.0.2.10"}, "RIPPLE_API_TOKEN"),
     "bootstrap no port": Case(("worker",), {"RIPPLE_BOOTSTRAP": "kafka"}, "HOST:PORT"),
     "bootstrap bad host": Case(("worker",), {"RIPPLE_BOOTSTRAP": "bad host:9092"}, "HOST:PORT"),
     "bootstrap port zero": Case(("sink",), {"RIPPLE_BOOTSTRAP": "kafka:0"}, "HOST:PORT"),
@@ -293,3 +297,10 @@ def test_security_variables_are_the_ones_read() -> None:
     security = (ROOT / "docs" / "security.md").read_text()
     for name in SECURITY_VARIABLES:
         assert name in security, f"{name} is not documented in docs/security.md"
+
+
+def test_only_loopback_binds_serve_the_api_without_a_token() -> None:
+    from ripple.checks import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost", "LOCALHOST"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.10", "10.0.0.1", "sink.internal", "fe80::1"]))
