@@ -273,15 +273,21 @@ class IpHasher:
         return self.PREFIX + digest[:32]
 
 
+def forwarded_by_proxy(header: str, proxies: int) -> str:
+    """The entry of a comma-separated ``X-Forwarded-*`` header that the outermost of
+    ``proxies`` trusted proxies wrote ("" when there is none)."""
+    hops = [h.strip() for h in header.split(",") if h.strip()]
+    if not hops or proxies <= 0:
+        return ""
+    return hops[-proxies] if len(hops) >= proxies else hops[0]
+
+
 def client_address(peer: str | None, forwarded_for: str | None, proxies: int) -> str | None:
     """The client's address: the peer's, or with ``proxies`` trusted reverse proxies in
     front, the entry of ``X-Forwarded-For`` they appended for the client."""
     if proxies <= 0 or not forwarded_for:
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    if not hops:
-        return peer
-    return hops[-proxies] if len(hops) >= proxies else hops[0]
+    return forwarded_by_proxy(forwarded_for, proxies) or peer
 
 
 class TokenBuckets:

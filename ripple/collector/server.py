@@ -26,6 +26,7 @@ from ripple.collector.intake import (
     IpHasher,
     TokenBuckets,
     client_address,
+    forwarded_by_proxy,
     messages,
     origin_allowed,
     parse_body,
@@ -217,9 +218,19 @@ class Collector:
             max_age=COOKIE_MAX_AGE,
             path="/",
             samesite="Lax",
-            secure=request.secure,
+            secure=self._behind_tls(request),
+            httponly=True,  # read by this server only: the snippet keeps its own on the shop's domain
         )
         return response
+
+    def _behind_tls(self, request: web.Request) -> bool:
+        """Whether the visitor reached us over HTTPS: here, or at the trusted proxy in front
+        (its ``X-Forwarded-Proto``), where TLS usually ends."""
+        proxies = self.settings.collector_proxies
+        if request.secure or proxies <= 0:
+            return request.secure
+        forwarded = request.headers.get("X-Forwarded-Proto", "")
+        return forwarded_by_proxy(forwarded, proxies).lower() == "https"
 
     async def _record_click(
         self, request: web.Request, code: str, found: Code, visitor: str, now_ms: int, target: str | None

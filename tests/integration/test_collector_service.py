@@ -308,8 +308,17 @@ def follow(c: Collector, path: str, headers: dict[str, str] | None = None) -> tu
     [visitor] = query.pop("ripple_vid")
     cookie = answer.headers["Set-Cookie"]
     assert cookie.startswith(f"ripple_vid={visitor};") and "SameSite=Lax" in cookie and "Max-Age=" in cookie
+    # only this server reads it (the snippet keeps its own on the shop's domain); Secure
+    # when the visitor came over HTTPS to the trusted proxy in front
+    assert "HttpOnly" in cookie
+    assert ("Secure" in cookie) == ((headers or {}).get("X-Forwarded-Proto") == "https")
     rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
     return f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else ""), visitor, answer
+
+
+def test_the_visitor_cookie_is_secure_behind_the_tls_proxy(collector: Collector) -> None:
+    follow(collector, "/r/JANE20", {"X-Forwarded-Proto": "https"})  # asserts Secure
+    follow(collector, "/r/JANE20", {"X-Forwarded-Proto": "http"})  # asserts not Secure
 
 
 def test_a_referral_link_records_a_click_and_redirects_to_the_landing_page(collector: Collector) -> None:

@@ -27,6 +27,7 @@ from ripple.collector.intake import (
     IpHasher,
     TokenBuckets,
     client_address,
+    forwarded_by_proxy,
     messages,
     origin_allowed,
     parse_body,
@@ -250,6 +251,14 @@ def test_a_browser_request_sets_ip_hash_and_user_agent_whatever_its_events_say()
     assert all("ip_hash" not in e for _, _, e in prepare([click(1), order], NOW).accepted)
     [(_, _, server)] = prepare([click(2, ip_hash="h:own-hash-1234", user_agent="own")], NOW).accepted
     assert (server["ip_hash"], server["user_agent"]) == ("h:own-hash-1234", "own")
+
+
+def test_a_forwarded_header_is_read_at_the_outermost_trusted_proxy() -> None:
+    assert forwarded_by_proxy("https", 1) == "https"
+    assert forwarded_by_proxy("http, https", 1) == "https"  # a client's own entry comes first
+    assert forwarded_by_proxy("http, https", 2) == "http"
+    assert forwarded_by_proxy("https", 3) == "https"  # fewer entries than proxies: the first
+    assert forwarded_by_proxy("", 1) == "" and forwarded_by_proxy("https", 0) == ""
 
 
 # -- partitions -------------------------------------------------------------------------------
