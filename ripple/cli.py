@@ -116,7 +116,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ripple.supervisor import Up
 
     _embedded_broker_only(settings, "ripple up")
-    _open_api_needs_a_token(settings, "ripple up")
+    _open_api_needs_a_token(settings)
     _make_dir(settings.data_dir, "data dir")
     settings = settings.with_web_port(8080)
     try:
@@ -150,12 +150,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _open_api_needs_a_token(settings: Settings, command: str) -> None:
+def _open_api_needs_a_token(settings: Settings) -> None:
     """The web server answers /api/* (every creator's figures) on ``web_host``: off loopback
     only behind a bearer token."""
     if settings.api_token is None and not is_loopback(settings.web_host):
         raise ConfigError(
-            f"{command} would serve its API on {settings.web_host} to anyone who can reach it: set "
+            f"its API on {settings.web_host} would be open to anyone who can reach it: set "
             "RIPPLE_API_TOKEN (or RIPPLE_API_TOKEN_FILE), or bind 127.0.0.1 (RIPPLE_WEB_HOST)"
         )
 
@@ -163,7 +163,7 @@ def _open_api_needs_a_token(settings: Settings, command: str) -> None:
 def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.bootstrap:
         raise ConfigError("the sink needs --bootstrap HOST:PORT (or RIPPLE_BOOTSTRAP)")
-    _open_api_needs_a_token(settings, "ripple sink")
+    _open_api_needs_a_token(settings)
     from ripple.broker import create_topics
     from ripple.services import run_sink
 

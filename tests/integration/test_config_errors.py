@@ -63,7 +63,7 @@ CASES: dict[str, Case] = {
     "web host bad": Case(("up",), {"RIPPLE_WEB_HOST": "not a host"}, "RIPPLE_WEB_HOST"),
     # every creator's figures to anyone who can reach the port: a token or loopback
     "open API, sink": Case(("sink",), {**BROKER, "RIPPLE_WEB_HOST": "0.0.0.0"}, "set RIPPLE_API_TOKEN"),
-    "open API, up": Case(("up",), {"RIPPLE_WEB_HOST": "::"}, "would serve its API on ::"),
+    "open API, up": Case(("up",), {"RIPPLE_WEB_HOST": "::"}, "its API on :: would be open"),
     "open API, a public address": Case(("sink",), {**BROKER, "RIPPLE_WEB_HOST": "192.0.2.10"}, "RIPPLE_API_TOKEN"),
     "bootstrap no port": Case(("worker",), {"RIPPLE_BOOTSTRAP": "kafka"}, "HOST:PORT"),
     "bootstrap bad host": Case(("worker",), {"RIPPLE_BOOTSTRAP": "bad host:9092"}, "HOST:PORT"),
